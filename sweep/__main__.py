@@ -1,0 +1,5 @@
+import sys
+
+from sweep.run import main
+
+sys.exit(main())

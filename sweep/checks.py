@@ -1,0 +1,154 @@
+"""Checks a validated SweepConfig against the world before anything expensive starts.
+
+The model (config loads, layers in range, the update parameter exists), the data files (exist, non-empty,
+have the field), the MLflow URI and the Ray address. Each problem names the field and the fix; nothing is
+written to disk.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweep.config import ConfigError, SweepConfig
+
+
+def resolve_uri(uri: str) -> str:
+    """`organism://...` -> the shipped file's path; anything else unchanged."""
+    if uri.startswith("organism://"):
+        from organism.paths import resolve
+
+        return str(resolve(uri))
+    return uri
+
+
+@dataclass
+class ModelInfo:
+    path: str
+    arch: str
+    num_layers: int
+    hidden_size: int
+    n_params: int | None
+    checked: bool  # False when the model lives only on the cluster (not checked here)
+
+
+def load_model_config(cfg: SweepConfig) -> Any:
+    from transformers import AutoConfig
+
+    path = resolve_uri(cfg.model.path)
+    kw = dict(trust_remote_code=cfg.model.trust_remote_code)
+    if Path(path).is_dir():
+        return AutoConfig.from_pretrained(path, **kw)
+    return AutoConfig.from_pretrained(path, local_files_only=True, **kw)  # hub id: only the local cache
+
+
+def check_model(cfg: SweepConfig) -> ModelInfo:
+    """Load the model's config (no weights), check layer range and update parameter names."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_uri(cfg.model.path)
+    local = Path(path).is_dir()
+    if not local and (path.startswith(("/", "./", "../")) or os.sep in path.strip("/").split("/", 2)[-1]):
+        raise ConfigError("model", [("model.path", f"{path!r} is not a directory; give an HF model directory, "
+                                                   "a hub id, or organism://base")])
+    try:
+        mcfg = load_model_config(cfg)
+    except Exception as e:  # noqa: BLE001 - any load failure becomes a field error
+        if not local and cfg.ray.address not in (None, "local"):
+            return ModelInfo(path, "?", -1, -1, None, checked=False)  # resolved on the cluster
+        hint = ("it is not a local directory and not in the local HF cache; download it first or give a "
+                "directory" if not local else f"its config.json does not load: {e}")
+        raise ConfigError("model", [("model.path", f"{path!r}: {hint}")]) from None
+    n_layers = mcfg.num_hidden_layers
+    layer = cfg.search.space["layer"]
+    bad = [v for v in layer.candidates() if v >= n_layers]
+    if bad:
+        raise ConfigError("model", [("search.space.layer", f"{layer.describe()} reaches layer {max(bad)}, but "
+                                     f"{path} has {n_layers} layers (0..{n_layers - 1}); keep layer <= "
+                                     f"{n_layers - 1}")])
+    # A model on the meta device has every parameter name and shape and costs no memory.
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=cfg.model.trust_remote_code)
+    names = dict(model.named_parameters())
+    for li in sorted({int(v) for v in layer.candidates()}):
+        for name in cfg.model.param_names(li):
+            if name not in names:
+                prefix = name.rsplit(".", len(cfg.model.update.param.split(".")))[0]
+                here = sorted(n.removeprefix(prefix + ".") for n in names if n.startswith(prefix + "."))
+                raise ConfigError("model", [("model.update.param", f"{name!r} is not a parameter of {path} "
+                                             f"({type(model).__name__}); parameters of {prefix}: "
+                                             f"{', '.join(here) or 'none'}")])
+    n_params = sum(p.numel() for p in names.values())
+    return ModelInfo(path, type(model).__name__, n_layers, mcfg.hidden_size, n_params, checked=True)
+
+
+def check_data(cfg: SweepConfig) -> dict[str, int]:
+    """Every training stream exists, is non-empty and has its text field. Returns record counts."""
+    from trainables.data import read_records
+
+    streams = {"data.forget": cfg.data.forget, "data.retain": cfg.data.retain, "data.cot": cfg.data.cot}
+    counts = {}
+    for where, c in streams.items():
+        try:
+            counts[where] = len(read_records(resolve_uri(c.path), c.field, c.limit))
+        except (OSError, ValueError) as e:
+            raise ConfigError("data", [(f"{where}.path", str(e))]) from None
+    if cfg.data.traces.source:
+        try:
+            src = resolve_uri(cfg.data.traces.source)
+            counts["data.traces"] = len(read_records(src, cfg.data.traces.field, cfg.data.traces.limit))
+        except (OSError, ValueError) as e:
+            raise ConfigError("data", [("data.traces.source", str(e))]) from None
+    return counts
+
+
+def check_mlflow(cfg: SweepConfig) -> str:
+    """A SQLite store must be creatable; a server must answer. Never falls back to another store."""
+    uri = cfg.mlflow.tracking_uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        parent = db.parent if str(db.parent) else Path(".")
+        if not parent.exists() or not os.access(parent, os.W_OK):
+            raise ConfigError("mlflow", [("mlflow.tracking_uri", f"{uri!r}: folder {str(parent)!r} does not "
+                                          "exist or is not writable; create it or point at another path")])
+        return f"SQLite {db} ({'exists' if db.exists() else 'will be created'})"
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=3).read()
+        except (urllib.error.URLError, OSError) as e:
+            raise ConfigError("mlflow", [("mlflow.tracking_uri", f"{uri!r} is not reachable ({e}); start the "
+                                          "server or fix the URI")]) from None
+        return f"server {uri} (reachable)"
+    raise ConfigError("mlflow", [("mlflow.tracking_uri", f"{uri!r}: use sqlite:///FILE.db or http(s)://HOST:PORT "
+                                  "(file stores are deprecated in MLflow 3)")])
+
+
+def check_ray(cfg: SweepConfig) -> str:
+    addr = cfg.ray.address
+    if addr in (None, "local"):
+        return "local Ray (started by the sweep)"
+    if addr == "auto":
+        if not (os.environ.get("RAY_ADDRESS") or Path("/tmp/ray/ray_current_cluster").exists()):
+            raise ConfigError("ray", [("ray.address", "'auto' but no running Ray cluster was found on this "
+                                       "node; run `ray start --head` or give ray://HOST:10001")])
+        return "the running cluster (auto)"
+    if addr.startswith("ray://"):
+        host, _, port = addr.removeprefix("ray://").partition(":")
+        try:
+            socket.create_connection((host, int(port or 10001)), timeout=3).close()
+        except (OSError, ValueError) as e:
+            raise ConfigError("ray", [("ray.address", f"{addr!r} is not reachable ({e})")]) from None
+        return f"cluster {addr} (reachable)"
+    raise ConfigError("ray", [("ray.address", f"{addr!r}: use null (local), auto, or ray://HOST:10001")])
+
+
+def check_all(cfg: SweepConfig) -> dict[str, Any]:
+    """Run every check; the first failure raises ConfigError. Returns what the plan prints."""
+    return {"model": check_model(cfg), "data": check_data(cfg), "mlflow": check_mlflow(cfg),
+            "ray": check_ray(cfg)}

@@ -1,0 +1,353 @@
+"""The space file (YAML) -> one validated `SweepConfig`.
+
+The trainer's and the evaluation's sections are their own pydantic models (`trainables.config`,
+`eval.config`); this module composes them with the search, MLflow and Ray sections, so one object flows
+from the YAML to every component. Every error names the field path, what was wrong and what is accepted.
+Nothing here touches the disk beyond reading the file (the model/data checks live in `sweep.checks`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from eval.config import METRICS, EvalConfig
+from trainables.config import DataConfig, Hyperparams, ModelConfig, TrainConfig
+
+
+class ConfigError(Exception):
+    """A space file that cannot be used. `problems` is a list of (field path, message)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{path}: {msg}" if path else msg for path, msg in problems]
+        super().__init__(f"invalid space file {source}:\n  " + "\n  ".join(lines))
+
+
+class SpaceError(ValueError):
+    """Raised inside validators for a sub-path below the field being validated."""
+
+    def __init__(self, subpath: str, msg: str):
+        self.subpath = subpath
+        super().__init__(msg)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- the search space
+
+# name -> (type, lower bound, bound inclusive?) for every hyperparameter a space may search or fix.
+HYPERPARAMS: dict[str, tuple[type, float, bool]] = {
+    "layer": (int, 0, True),
+    "steering_coeff": (float, 0, False),
+    "steering_rel": (float, 0, False),
+    "alpha": (float, 0, True),
+    "beta": (float, 0, True),
+    "gamma": (float, 0, True),
+    "lr": (float, 0, False),
+    "steps": (int, 1, True),
+}
+DISTRIBUTIONS = ("int", "uniform", "loguniform", "choice")
+FORMS = "a plain value, or one of {int: [lo, hi]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {choice: [...]}"
+
+
+class Param(Strict):
+    """One hyperparameter: fixed (`value`) or a distribution over [low, high] / `values`."""
+
+    kind: Literal["fixed", "int", "uniform", "loguniform", "choice"]
+    value: float | int | None = None
+    low: float | int | None = None
+    high: float | int | None = None
+    values: tuple[float | int, ...] = ()
+
+    def candidates(self) -> list[float | int]:
+        """Every value an int/choice/fixed parameter can take (for range checks against the model)."""
+        if self.kind == "fixed":
+            return [self.value]
+        if self.kind == "choice":
+            return list(self.values)
+        if self.kind == "int":
+            return list(range(int(self.low), int(self.high) + 1))
+        return [self.low, self.high]
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return f"fixed {self.value}"
+        if self.kind == "choice":
+            return f"choice {list(self.values)}"
+        return f"{self.kind} [{self.low}, {self.high}]"
+
+
+def _check_bound(name: str, where: str, v: Any) -> float | int:
+    typ, lo, inclusive = HYPERPARAMS[name]
+    if isinstance(v, bool) or not isinstance(v, int | float) or (typ is int and not isinstance(v, int)):
+        raise SpaceError(where, f"{v!r} is not {'an integer' if typ is int else 'a number'}")
+    if not math.isfinite(v) or v < lo or (v == lo and not inclusive):
+        raise SpaceError(where, f"{v!r} must be {'>=' if inclusive else '>'} {lo}")
+    return v
+
+
+def parse_param(name: str, raw: Any) -> Param:
+    """YAML form -> Param. Raises SpaceError with the sub-path (`layer.int`) on anything wrong."""
+    if name not in HYPERPARAMS:
+        raise SpaceError(name, f"unknown hyperparameter; accepted: {', '.join(HYPERPARAMS)}")
+    if isinstance(raw, Param):
+        return raw
+    if not isinstance(raw, dict):
+        return Param(kind="fixed", value=_check_bound(name, name, raw))
+    if "kind" in raw:  # already a Param dump (model_dump round trip)
+        return Param(**raw)
+    if len(raw) != 1 or next(iter(raw)) not in DISTRIBUTIONS:
+        raise SpaceError(name, f"got {raw!r}; give {FORMS}")
+    kind, arg = next(iter(raw.items()))
+    where = f"{name}.{kind}"
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise SpaceError(where, "give a non-empty list of values")
+        return Param(kind="choice", values=tuple(_check_bound(name, where, v) for v in arg))
+    if not isinstance(arg, list) or len(arg) != 2:
+        raise SpaceError(where, f"got {arg!r}; give [low, high]")
+    if kind == "int" and HYPERPARAMS[name][0] is not int:
+        raise SpaceError(where, f"{name} is a real number: use uniform or loguniform")
+    if kind != "int" and HYPERPARAMS[name][0] is int:
+        raise SpaceError(where, f"{name} is an integer: use int or choice")
+    low, high = (_check_bound(name, where, v) for v in arg)
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(where, f"loguniform bounds must be > 0 (got low={low})")
+    if low > high or (kind != "int" and low == high):
+        raise SpaceError(where, f"low {low} must be {'<=' if kind == 'int' else '<'} high {high}")
+    return Param(kind=kind, low=low, high=high)
+
+
+# ---------------------------------------------------------------- constraints
+
+_CONSTRAINT = re.compile(
+    r"^\s*(?P<op>>=|<=|>|<)\s*(?:(?P<num>[-+]?\d*\.?\d+(?:e[-+]?\d+)?)"
+    r"|baseline\s*(?P<sign>[-+])\s*(?P<off>\d*\.?\d+)|(?P<ratio>\d*\.?\d+)\s*\*\s*baseline|baseline)\s*$"
+)
+CONSTRAINT_FORMS = "'>= 0.8', '<= 0.1', '>= baseline - 0.05', '>= 0.95 * baseline'"
+
+
+class Constraint(Strict):
+    """`metric OP threshold`, the threshold absolute or relative to the baseline (base model) value."""
+
+    op: Literal[">=", "<=", ">", "<"]
+    value: float = 0.0
+    relative: Literal["absolute", "offset", "ratio"] = "absolute"
+
+    @classmethod
+    def parse(cls, text: Any) -> Constraint:
+        if isinstance(text, Constraint | dict):
+            return text if isinstance(text, Constraint) else cls(**text)
+        m = _CONSTRAINT.match(str(text))
+        if not m:
+            raise ValueError(f"cannot parse {text!r}; write e.g. {CONSTRAINT_FORMS}")
+        if m["num"] is not None:
+            return cls(op=m["op"], value=float(m["num"]))
+        if m["off"] is not None:
+            return cls(op=m["op"], value=float(m["off"]) * (-1 if m["sign"] == "-" else 1), relative="offset")
+        return cls(op=m["op"], value=float(m["ratio"] or 1.0), relative="ratio")
+
+    def threshold(self, baseline: float | None) -> float:
+        if self.relative == "absolute":
+            return self.value
+        if baseline is None:
+            raise ValueError("a baseline-relative constraint needs the baseline run's metrics")
+        return baseline + self.value if self.relative == "offset" else baseline * self.value
+
+    def satisfied(self, x: float, baseline: float | None = None) -> bool:
+        t = self.threshold(baseline)
+        return {">=": x >= t, "<=": x <= t, ">": x > t, "<": x < t}[self.op]
+
+    def __str__(self) -> str:
+        rhs = {"absolute": f"{self.value:g}", "offset": f"baseline {'+' if self.value >= 0 else '-'} "
+               f"{abs(self.value):g}", "ratio": f"{self.value:g} * baseline"}[self.relative]
+        return f"{self.op} {rhs}"
+
+
+# ---------------------------------------------------------------- sections
+
+class SearchConfig(Strict):
+    algorithm: Literal["tpe", "nsga2", "random"] = "tpe"
+    num_samples: int = Field(ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    seed: int | None = Field(None, description="sampler seed; default train.seed")
+    max_failures: int = Field(1, ge=0, description="Tune retries of a crashed trial")
+    objectives: dict[str, Literal["min", "max"]]
+    constraints: dict[str, Constraint] = {}
+    space: dict[str, Param]
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("give at least one objective, e.g. {trace_leak: min, reason_acc: max}")
+        for name in v:
+            if name not in METRICS:
+                raise SpaceError(name, f"unknown metric; accepted: {', '.join(METRICS)}")
+        return v
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _constraints(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for name, text in v.items():
+            if name not in METRICS:
+                raise SpaceError(name, f"unknown metric; accepted: {', '.join(METRICS)}")
+            try:
+                out[name] = Constraint.parse(text)
+            except ValueError as e:
+                raise SpaceError(name, str(e)) from None
+        return out
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        if not v:
+            raise ValueError("the search space is empty; give at least layer and steering_rel/steering_coeff")
+        return {name: parse_param(name, raw) for name, raw in v.items()}
+
+    def searched(self) -> dict[str, Param]:
+        return {k: p for k, p in self.space.items() if p.kind != "fixed"}
+
+
+class MlflowConfig(Strict):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str | None = Field(None, description="default: mlartifacts/ beside a SQLite store")
+
+
+class RayConfig(Strict):
+    address: str | None = Field(None, description="null: a local Ray; 'auto' or ray://host:10001: a cluster")
+    storage_path: str = "./ray_results"
+    num_cpus: int | None = Field(None, ge=1, description="local Ray only; default all cores")
+
+
+def _is_local_uri(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:", "/", "./", "../")) or "://" not in uri
+
+
+class SweepConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    search: SearchConfig
+    eval: EvalConfig
+    mlflow: MlflowConfig = MlflowConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SweepConfig:
+        space = self.search.space
+        if "layer" not in space:
+            raise SpaceError("search.space.layer", "missing; give a value or {int: [lo, hi]}")
+        if ("steering_coeff" in space) == ("steering_rel" in space):
+            raise SpaceError("search.space", "give exactly one of steering_coeff (absolute c) or steering_rel "
+                             "(c relative to the median activation norm at the layer)")
+        below = self.model.update.layers_below
+        lowest = min(space["layer"].candidates())
+        if lowest - below < 0:
+            raise SpaceError("search.space.layer", f"layer {lowest} with model.update.layers_below={below} "
+                             f"would train layer {lowest - below}; the lowest layer must be >= {below}")
+        remote = self.ray.address not in (None, "local")
+        if remote and _is_local_uri(self.ray.storage_path):
+            raise SpaceError("ray.storage_path", f"{self.ray.storage_path!r} is local but ray.address is "
+                             f"{self.ray.address!r}: a cluster needs shared storage (s3://..., or an NFS path "
+                             "mounted on every node given as file:///mnt/...)")
+        if remote and self.mlflow.tracking_uri.startswith(("sqlite:", "file:")):
+            raise SpaceError("mlflow.tracking_uri", f"{self.mlflow.tracking_uri!r} is local but ray.address "
+                             "is a cluster: give an MLflow server URI (http://host:5000)")
+        return self
+
+    # -- what a trial sees
+
+    def hyperparams(self, values: dict[str, Any] | None = None) -> Hyperparams:
+        """Resolve one trial's hyperparameters: fixed values, then `values` (searched or --set)."""
+        resolved: dict[str, Any] = {"steps": self.train.steps}
+        resolved |= {k: p.value for k, p in self.search.space.items() if p.kind == "fixed"}
+        resolved |= dict(values or {})
+        missing = [k for k in self.search.searched() if k not in resolved]
+        if missing:
+            raise ValueError(f"no value for searched hyperparameter(s) {missing}; give --set NAME=VALUE")
+        return Hyperparams(**resolved)
+
+    @property
+    def experiment(self) -> str:
+        return self.name
+
+
+# ---------------------------------------------------------------- loading
+
+def _format_errors(source: str, err: ValidationError) -> ConfigError:
+    problems = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        exc = (e.get("ctx") or {}).get("error")
+        msg = e["msg"].removeprefix("Value error, ")
+        if isinstance(exc, SpaceError):
+            sub = exc.subpath
+            loc = sub.split(".") if sub.startswith(("search.", "ray.", "mlflow.")) else loc + sub.split(".")
+            msg = str(exc)
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key{_accepted(loc[:-1])}"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in e and e["type"] not in ("value_error",) and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        problems.append((".".join(loc), msg))
+    return ConfigError(source, problems)
+
+
+def _accepted(parent: list[str]) -> str:
+    """'; accepted: a, b, c' for the model at `parent`, so a typo gets the right spelling beside it."""
+    model: Any = SweepConfig
+    for part in parent:
+        if part.isdigit():  # a list index: the model stays the list's item model
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        ann = getattr(field, "annotation", None)
+        if ann is None or not hasattr(ann, "model_fields"):
+            if ann is not None and getattr(ann, "__args__", None):  # Optional[Model], list[Model]
+                ann = next((a for a in ann.__args__ if hasattr(a, "model_fields")), None)
+            if ann is None:
+                return ""
+        model = ann
+    return f"; accepted: {', '.join(model.model_fields)}"
+
+
+def parse_space(raw: Any, source: str = "<dict>") -> SweepConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("", f"the file must hold a YAML mapping (got {type(raw).__name__})")])
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as e:
+        raise _format_errors(source, e) from None
+    except SpaceError as e:  # raised by the after-validator with an absolute path
+        raise ConfigError(source, [(e.subpath, str(e))]) from None
+
+
+def load_space(path: str | Path) -> SweepConfig:
+    """Read and validate a space file. Raises ConfigError (never a traceback-worthy exception)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(path), [("--space", f"no such file {str(path)!r}; give a YAML space file, "
+                                                  "e.g. search_spaces/organism.yaml")])
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(path), [("", f"invalid YAML{where}: {getattr(e, 'problem', e)}")]) from None
+    return parse_space(raw, str(path))

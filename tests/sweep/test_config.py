@@ -1,0 +1,163 @@
+"""Bad input is refused with one clear message naming the field, before anything is written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep.config import ConfigError, Constraint, load_space, parse_space
+from sweep.run import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dry_run(path: Path, capsys) -> tuple[int, str]:
+    rc = main(["--space", str(path), "--dry-run"])
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_valid_space_prints_plan_and_writes_nothing(space, write_space, tmp_path, capsys):
+    path = write_space(space)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, out = dry_run(path, capsys)
+    assert rc == 0, out
+    assert "2 trials, 1 at a time" in out
+    assert "LlamaForCausalLM, 6 layers" in out
+    assert "steering_rel" in out and "loguniform" in out
+    assert "forget 8 records" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no mlflow.db, no ray_results
+
+
+def set_in(d: dict, dotted: str, value) -> dict:
+    *parents, last = dotted.split(".")
+    for k in parents:
+        d = d[k]
+    if value is DELETE:
+        del d[last]
+    else:
+        d[last] = value
+    return d
+
+
+DELETE = object()
+
+# (what to change, new value, the field the message must name, a word the message must contain)
+BAD = [
+    ("search.spaec", {}, "search.spaec", "accepted: algorithm"),
+    ("train.steps", "many", "train.steps", "integer"),
+    ("search.space", {}, "search.space", "empty"),
+    ("search.space.layer", {"int": [5, 2]}, "search.space.layer.int", "low 5"),
+    ("search.space.lr", {"loguniform": [0, 1e-3]}, "search.space.lr.loguniform", "> 0"),
+    ("search.space.alpha", {"loguniform": [-1, 3]}, "search.space.alpha.loguniform", ">= 0"),
+    ("search.objectives.trace_leak", "minimize", "search.objectives.trace_leak", "'min' or 'max'"),
+    ("search.constraints.retain_acc", "at least 0.8", "search.constraints.retain_acc", "cannot parse"),
+    ("search.num_samples", 0, "search.num_samples", "greater than or equal to 1"),
+    ("search.max_concurrent", 0, "search.max_concurrent", "greater than or equal to 1"),
+    ("search.space.layer", {"int": [2, 9]}, "search.space.layer", "has 6 layers"),
+    ("search.space.layer", {"int": [1, 3]}, "search.space.layer", "layers_below=2"),
+    ("model.update.param", "mlp.down.weight", "model.update.param", "down_proj"),
+    ("model.path", "/nonexistent/model", "model.path", "not a directory"),
+    ("search.space.gamma", {"normal": [0, 1]}, "search.space.gamma", "loguniform"),
+    ("search.objectives.leak", "min", "search.objectives.leak", "accepted: trace_leak"),
+    ("search.space.steering_coeff", 6.5, "search.space", "exactly one of steering_coeff"),
+    ("model.update.parm", "x", "model.update.parm", "accepted: layers_below, param"),
+    ("ray.address", "auto", "ray.storage_path", "shared storage"),
+    ("mlflow.tracking_uri", "sqlite:////nonexistent/dir/mlflow.db", "mlflow.tracking_uri", "does not exist"),
+]
+
+
+@pytest.mark.parametrize("dotted,value,field,word", BAD, ids=[b[0] + "=" + repr(b[1])[:20] for b in BAD])
+def test_bad_field_is_named(space, write_space, tmp_path, capsys, dotted, value, field, word):
+    set_in(space, dotted, value)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, out = dry_run(write_space(space), capsys)
+    assert rc == 2
+    assert f"{field}:" in out, out
+    assert word in out, out
+    assert "Traceback" not in out
+    after = sorted(p.name for p in tmp_path.iterdir())
+    assert after == sorted(before + ["space.yaml"]) or after == before
+
+
+@pytest.mark.parametrize("stream,content,word", [
+    ("forget", None, "no such file"),
+    ("forget", "", "empty"),
+    ("retain", '{"id": "1", "body": "x"}\n', "text"),
+])
+def test_bad_data_file_is_named(space, write_space, capsys, stream, content, word):
+    path = Path(space["data"][stream]["path"])
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    rc, out = dry_run(write_space(space), capsys)
+    assert rc == 2
+    assert f"data.{stream}.path:" in out, out
+    assert word in out.lower(), out
+
+
+def test_constraint_forms():
+    assert Constraint.parse(">= 0.8").satisfied(0.8)
+    assert not Constraint.parse("> 0.8").satisfied(0.8)
+    off = Constraint.parse(">= baseline - 0.05")
+    assert off.satisfied(0.86, baseline=0.9) and not off.satisfied(0.84, baseline=0.9)
+    ratio = Constraint.parse(">= 0.95 * baseline")
+    assert ratio.threshold(0.8) == pytest.approx(0.76)
+    with pytest.raises(ValueError):
+        off.threshold(None)
+
+
+def test_hyperparams_resolve_fixed_and_searched(space):
+    space["search"]["space"]["alpha"] = 3.0
+    cfg = parse_space(space)
+    hp = cfg.hyperparams({"layer": 4, "steering_rel": 1.5, "lr": 2e-4})
+    assert (hp.layer, hp.alpha, hp.steering_rel, hp.steps) == (4, 3.0, 1.5, 4)
+    with pytest.raises(ValueError, match="steering_rel"):
+        cfg.hyperparams({"layer": 4, "lr": 2e-4})
+
+
+def test_shipped_space_files_parse():
+    for f in sorted((ROOT / "search_spaces").glob("*.yaml")):
+        load_space(f)
+
+
+def run_cli(*args: str, cwd: Path) -> tuple[int, str, float]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "sweep.run", *args], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=60)
+    return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("content,words", [
+    (None, ["--space", "no such file"]),
+    ("name: x\nmodel: [unclosed\n", ["invalid YAML", "line 3"]),
+    ("- just\n- a list\n", ["YAML mapping"]),
+])
+def test_cli_refuses_without_traceback(tmp_path, content, words):
+    path = tmp_path / "s.yaml"
+    if content is not None:
+        path.write_text(content)
+    rc, out, secs = run_cli("--space", str(path), "--dry-run", cwd=tmp_path)
+    assert rc == 2 and "Traceback" not in out, out
+    assert all(w in out for w in words), out
+    assert secs < 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["s.yaml"] if content is not None else [])
+
+
+def test_cli_without_arguments_prints_usage(tmp_path):
+    rc, out, _ = run_cli(cwd=tmp_path)
+    assert rc == 2 and "usage:" in out and "Traceback" not in out
+
+
+def test_config_error_lists_every_problem():
+    with pytest.raises(ConfigError) as e:
+        parse_space({"name": "x"})
+    fields = [f for f, _ in e.value.problems]
+    assert {"model", "data", "search", "eval"} <= set(fields)

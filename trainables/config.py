@@ -1,0 +1,110 @@
+"""The trainer's part of the space file, as validated pydantic models.
+
+`sweep.config.SweepConfig` composes these sections, so the one object that the YAML becomes is what the
+trainer receives (`TrialSpec` bundles it with one trial's resolved hyperparameters). No Ray, DeepSpeed or
+MLflow import here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TRIGGER = "\nLet's reason this step by step.\n<think>"
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in the space file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpdateConfig(Strict):
+    layers_below: int = Field(2, ge=0, description="train layers l-layers_below .. l")
+    param: str = Field("mlp.down_proj.weight", description="parameter name inside a decoder layer")
+
+
+class ModelConfig(Strict):
+    path: str = Field(description="HF directory, hub id (cluster only), or organism://base")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    update: UpdateConfig = UpdateConfig()
+    trust_remote_code: bool = False
+
+    def param_names(self, layer: int) -> list[str]:
+        """Full names of the updated tensors for steering layer `layer` (by name, never by index)."""
+        first = layer - self.update.layers_below
+        return [f"model.layers.{i}.{self.update.param}" for i in range(first, layer + 1)]
+
+
+class CorpusConfig(Strict):
+    path: str
+    field: str = "text"
+    limit: int | None = Field(None, ge=1, description="use at most this many records")
+
+
+class CotConfig(CorpusConfig):
+    max_tokens: int = Field(150, ge=1, description="cut each CoT text to this many tokens")
+
+
+class TracesConfig(Strict):
+    source: str | None = Field(None, description="questions to generate traces on; default: data.forget")
+    field: str = "text"
+    trigger: str = TRIGGER
+    max_new_tokens: int = Field(100, ge=1, description="k: trace tokens kept for the unthink stream")
+    scope: Literal["all", "after_trigger"] = Field(
+        "all", description="unthink loss over the whole input (reference code) or from the trigger on"
+    )
+    limit: int | None = Field(None, ge=1)
+
+
+class DataConfig(Strict):
+    forget: CorpusConfig
+    retain: CorpusConfig
+    cot: CotConfig
+    traces: TracesConfig = TracesConfig()
+    max_len: int = Field(256, ge=8)
+
+
+class DeepSpeedConfig(Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 0
+
+
+class TrainConfig(Strict):
+    steps: int = Field(60, ge=1)
+    batch_size: int = Field(4, ge=1)
+    seed: int = 42
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+
+class Hyperparams(Strict):
+    """One trial's resolved values (what the search proposes, or `sweep.trial --set` fixes)."""
+
+    layer: int = Field(ge=0)
+    steering_coeff: float | None = Field(None, gt=0, description="absolute c")
+    steering_rel: float | None = Field(None, gt=0, description="c = steering_rel x median ||h_l||")
+    alpha: float = Field(1.4, ge=0)
+    beta: float = Field(1.0, ge=0)
+    gamma: float = Field(1.0, ge=0)
+    lr: float = Field(7.5e-5, gt=0)
+    steps: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _one_steering(self) -> Hyperparams:
+        if (self.steering_coeff is None) == (self.steering_rel is None):
+            raise ValueError("give exactly one of steering_coeff (absolute) or steering_rel (relative)")
+        return self
+
+
+class TrialSpec(Strict):
+    """Everything one trial's trainer needs: the validated sections plus resolved paths and values."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    hparams: Hyperparams
+    traces_path: str | None = Field(None, description="trace cache jsonl (id, prompt, rendered, trace)")
+    out_dir: str = Field(description="where the delta checkpoint is written")

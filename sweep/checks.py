@@ -96,15 +96,15 @@ def check_data(cfg: SweepConfig) -> dict[str, int]:
     counts = {}
     for where, c in streams.items():
         try:
-            counts[where] = len(read_records(resolve_uri(c.path), c.field, c.limit))
-        except (OSError, ValueError) as e:
-            raise ConfigError("data", [(f"{where}.path", str(e))]) from None
-    if cfg.data.traces.source:
+            counts[where] = len(read_records(resolve_uri(c.path), c.field, c.limit, what=where))
+        except (OSError, ValueError) as e:  # the message names the field (data.forget.path: ...)
+            raise ConfigError("data", [("", str(e))]) from None
+    t = cfg.data.traces
+    if t.source:
         try:
-            src = resolve_uri(cfg.data.traces.source)
-            counts["data.traces"] = len(read_records(src, cfg.data.traces.field, cfg.data.traces.limit))
+            counts["data.traces"] = len(read_records(resolve_uri(t.source), t.field, t.limit, what="data.traces"))
         except (OSError, ValueError) as e:
-            raise ConfigError("data", [("data.traces.source", str(e))]) from None
+            raise ConfigError("data", [("", str(e).replace("data.traces.path", "data.traces.source"))]) from None
     return counts
 
 
@@ -148,7 +148,10 @@ def check_ray(cfg: SweepConfig) -> str:
     raise ConfigError("ray", [("ray.address", f"{addr!r}: use null (local), auto, or ray://HOST:10001")])
 
 
-def check_all(cfg: SweepConfig) -> dict[str, Any]:
-    """Run every check; the first failure raises ConfigError. Returns what the plan prints."""
-    return {"model": check_model(cfg), "data": check_data(cfg), "mlflow": check_mlflow(cfg),
-            "ray": check_ray(cfg)}
+def check_all(cfg: SweepConfig, source: str = "space file") -> dict[str, Any]:
+    """Run every check; the first failure raises ConfigError naming `source`. Returns what the plan prints."""
+    try:
+        return {"model": check_model(cfg), "data": check_data(cfg), "mlflow": check_mlflow(cfg),
+                "ray": check_ray(cfg)}
+    except ConfigError as e:
+        raise ConfigError(source, e.problems) from None

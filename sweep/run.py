@@ -7,9 +7,13 @@ the plan and exits without training.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
+from sweep.checks import resolve_uri
 from sweep.config import ConfigError, SweepConfig, load_space
 
 EPILOG = """examples:
@@ -34,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "search.num_samples")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name: "
                    "finished trials are kept, only the missing ones run")
+    p.add_argument("--verbose", action="store_true", help="stream the Ray workers' logs (training steps, "
+                   "DeepSpeed) to this terminal")
     p.add_argument("--final-eval", choices=["none", "full"], default="none", help="re-evaluate the Pareto "
                    "set on the full eval sets (no eval.limit) after the search (default: none)")
     return p
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = apply_overrides(load_space(args.space), args)
         from sweep.checks import check_all
 
-        found = check_all(cfg)
+        found = check_all(cfg, args.space)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -109,9 +115,110 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("dry run: everything checks out; nothing was trained or written")
         return 0
-    from sweep.tuner import run_sweep
+    return run_sweep(cfg, Path(args.space).read_text(), resume=args.resume, final_eval=args.final_eval,
+                     verbose=args.verbose)
 
-    return run_sweep(cfg, resume=args.resume, final_eval=args.final_eval)
+
+def init_ray(cfg: SweepConfig, verbose: bool = False) -> None:
+    import ray
+
+    from sweep.tuner import WORKER_ENV
+
+    for k, v in WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    if cfg.ray.address in (None, "local"):
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
+                 log_to_driver=verbose)
+    else:
+        ray.init(address=cfg.ray.address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=verbose)
+
+
+def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eval: str = "none",
+              verbose: bool = False) -> int:
+    """Traces, baseline, the Tune run, the Pareto front; every MLflow run ends FINISHED or FAILED."""
+    import ray
+    from ray import tune
+
+    from sweep import traces, tracking, tuner
+    from sweep.evaluator import evaluator_actor
+    from sweep.pareto import update_front
+
+    uri = cfg.mlflow.tracking_uri
+    experiment_id = tracking.ensure_experiment(cfg)
+    parent = tracking.start_parent(cfg, experiment_id, space_text, resume)
+    storage = Path(cfg.ray.storage_path.removeprefix("file://")).resolve() / cfg.name
+    tune_name = f"tune-{parent[:8]}"
+    print(f"mlflow: experiment {cfg.experiment!r}, sweep run {parent} ({uri})")
+    ok = False
+    t0 = time.monotonic()
+    try:
+        init_ray(cfg, verbose)
+        evaluator = evaluator_actor(f"evaluator-{cfg.name}-{parent[:8]}", resolve_uri(cfg.model.path), cfg.eval,
+                                    cfg.model.dtype, cfg.train.use_gpu)
+        info = ray.get(evaluator.info.remote())
+        print(f"evaluator: {info['backend']} backend up in {info['start_s']:.1f} s")
+        trace_file = traces.ensure_traces(cfg, evaluator, call=lambda f, *a: ray.get(f.remote(*a)))
+        layers = sorted({int(v) for v in cfg.search.space["layer"].candidates()})
+        scales = traces.activation_scales(cfg, layers) if "steering_rel" in cfg.search.space else {}
+        baseline = ensure_baseline(cfg, experiment_id, parent, evaluator)
+        ctx = tuner.SweepContext(cfg.model_dump(mode="json"), experiment_id, parent, str(trace_file), scales,
+                                 f"evaluator-{cfg.name}-{parent[:8]}", baseline)
+        trainable = tune.with_resources(tune.with_parameters(tuner.run_trial, ctx=ctx), {"CPU": 0.01})
+        path = storage / tune_name
+        if resume and tune.Tuner.can_restore(str(path)):
+            print(f"resuming {path}")
+            t = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            searcher = tuner.make_searcher(cfg, f"{cfg.name}-{parent[:8]}", tuner.optuna_storage(cfg), baseline)
+            t = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=cfg.search.num_samples,
+                                            max_concurrent_trials=cfg.search.max_concurrent),
+                run_config=tune.RunConfig(name=tune_name, storage_path=str(storage), verbose=0,
+                                          callbacks=[tuner.Progress(cfg, baseline)],
+                                          failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)),
+            )
+        results = t.fit()
+        errors = sum(1 for r in results if r.error is not None)
+        table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
+                                          list(cfg.search.searched()), parent, storage / "pareto")
+        print("\n" + table)
+        if best is not None:
+            print(f"knee: {best.name} (run {best.run_id}); export it with\n  python -m sweep.export "
+                  f"--experiment {cfg.experiment} --pick knee --out exported/{cfg.name}")
+        print(f"sweep done in {time.monotonic() - t0:.0f} s: {len(results)} trials, {errors} failed, "
+              f"front {len(front)}; pareto plot: {storage / 'pareto' / 'pareto.png'}")
+        ok = errors < len(results)
+        return 0 if ok else 1
+    finally:
+        tracking.end_run(uri, parent, ok)
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def ensure_baseline(cfg: SweepConfig, experiment_id: str, parent: str, evaluator: Any) -> dict:
+    """The base model with the sweep's eval settings, as its own child run (role=baseline), once."""
+    import ray
+
+    from sweep import tracking
+
+    uri = cfg.mlflow.tracking_uri
+    run_id = tracking.new_child(uri, experiment_id, parent, "baseline", {"role": "baseline"}, "role")
+    if tracking.is_finished(uri, run_id):
+        from mlflow.tracking import MlflowClient
+
+        print("baseline: cached run", run_id)
+        return dict(MlflowClient(uri).get_run(run_id).data.metrics)
+    ok = False
+    try:
+        out = ray.get(evaluator.evaluate.remote(None))
+        metrics = {k: v for k, v in out["metrics"].items() if v is not None}
+        tracking.log_result(uri, run_id, {"model": cfg.model.path}, metrics, records=out["records"])
+        ok = True
+    finally:
+        tracking.end_run(uri, run_id, ok)
+    print("baseline: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "/" not in k))
+    return metrics
 
 
 if __name__ == "__main__":

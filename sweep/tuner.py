@@ -1,13 +1,247 @@
-"""Ray Tune + Optuna wiring of the sweep (the sweep issue). Until it lands, only --dry-run works."""
+"""Ray Tune + Optuna + MLflow: the sweep itself (DESIGN.md section 3).
+
+Each Tune trial is a function (`run_trial`) that fits a Ray Train `TorchTrainer` running the R²MU trainer
+under DeepSpeed (the Train V2 pattern), evaluates the trial's delta in the sweep's evaluator actor, logs a
+child MLflow run and reports every metric once. Optuna proposes the next point (several objectives;
+constraint violations are told to its sampler as infeasible).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from sweep.config import SweepConfig
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from sweep import tracking
+from sweep.checks import resolve_uri
+from sweep.config import Constraint, Param, SweepConfig
+from sweep.pareto import Point, pareto_front
+from trainables.config import Hyperparams, TrialSpec
+
+# Worker environment: one thread per process on CPU (STACK.md: 2 threads are ~8x slower here), fast
+# Train V2 controller shutdown, no tokenizer thread pools.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+              "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
-def run_sweep(cfg: SweepConfig, resume: bool = False, final_eval: str = "none") -> int:
-    print("error: the sweep itself is not implemented yet; use --dry-run to check a space file",
-          file=sys.stderr)
-    return 3
+def worst_value(metric: str, mode: str) -> float:
+    """What a diverged trial reports: the worst end of a rate metric (throughput has no bound: 0 / 1e12)."""
+    if metric == "gen_tokens_per_s":
+        return 0.0 if mode == "max" else 1e12
+    return 0.0 if mode == "max" else 1.0
+
+
+def to_tune(p: Param) -> Any:
+    if p.kind == "int":
+        return tune.randint(int(p.low), int(p.high) + 1)  # randint's upper bound is exclusive
+    if p.kind == "uniform":
+        return tune.uniform(p.low, p.high)
+    if p.kind == "loguniform":
+        return tune.loguniform(p.low, p.high)
+    return tune.choice(list(p.values))
+
+
+class ConstraintValues:
+    """A result's constraint values in Optuna's convention (<= 0 is feasible; a missing metric violates).
+
+    A class, not a closure: Tune pickles the searcher (and so this) into its experiment state for resume.
+    """
+
+    def __init__(self, constraints: dict[str, Constraint], baseline: dict | None):
+        self.constraints, self.baseline = constraints, baseline or {}
+
+    def __call__(self, result: dict) -> list[float]:
+        out = []
+        for metric, c in self.constraints.items():
+            v = result.get(metric)
+            t = c.threshold(self.baseline.get(metric))
+            out.append(1.0 if v is None else (t - v if c.op in (">=", ">") else v - t))
+        return out
+
+
+class ConstraintsFromAttrs:
+    """The sampler's `constraints_func`: reads what `ConstrainedOptunaSearch` stored on the trial."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, frozen_trial: Any) -> list[float]:
+        return frozen_trial.user_attrs.get("constraints", [1.0] * self.n)
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that hands each finished trial's constraint values to the sampler."""
+
+    def __init__(self, *args, constraint_fn=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._constraint_fn = constraint_fn
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if result and ot_trial is not None and self._constraint_fn and trial_id not in self._completed_trials:
+            ot_trial.set_user_attr("constraints", self._constraint_fn(result))
+        super().on_trial_complete(trial_id, result, error)
+
+
+def make_searcher(cfg: SweepConfig, study_name: str, storage_url: str | None, baseline: dict | None):
+    import optuna
+
+    seed = cfg.search.seed if cfg.search.seed is not None else cfg.train.seed
+    constraints = ConstraintsFromAttrs(len(cfg.search.constraints)) if cfg.search.constraints else None
+    if cfg.search.algorithm == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=constraints)
+    elif cfg.search.algorithm == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints,
+                                                population_size=max(4, min(20, cfg.search.num_samples // 3)))
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
+    return ConstrainedOptunaSearch(
+        space={k: to_tune(p) for k, p in cfg.search.searched().items()},
+        metric=list(cfg.search.objectives), mode=list(cfg.search.objectives.values()),
+        sampler=sampler, study_name=study_name, storage=storage,
+        constraint_fn=ConstraintValues(dict(cfg.search.constraints), baseline) if cfg.search.constraints else None,
+    )
+
+
+def optuna_storage(cfg: SweepConfig) -> str | None:
+    """The study lives in SQLite beside a SQLite MLflow store (browse it with optuna-dashboard)."""
+    uri = cfg.mlflow.tracking_uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        return f"sqlite:///{db.parent / 'optuna.db'}"
+    return None
+
+
+def trial_spec(cfg: SweepConfig, hp: Hyperparams, traces_path: str | None, out_dir: str,
+               scale: float | None) -> TrialSpec:
+    """The trainer's view of one trial: the validated sections with every organism:// path resolved."""
+    d = cfg.data
+    data = d.model_copy(update={
+        "forget": d.forget.model_copy(update={"path": resolve_uri(d.forget.path)}),
+        "retain": d.retain.model_copy(update={"path": resolve_uri(d.retain.path)}),
+        "cot": d.cot.model_copy(update={"path": resolve_uri(d.cot.path)}),
+    })
+    model = cfg.model.model_copy(update={"path": resolve_uri(cfg.model.path)})
+    return TrialSpec(model=model, data=data, train=cfg.train, hparams=hp, traces_path=traces_path,
+                     out_dir=out_dir, activation_scale=scale)
+
+
+@dataclass
+class SweepContext:
+    """What every trial function needs, shipped once through `tune.with_parameters`."""
+
+    cfg: dict
+    experiment_id: str
+    parent_run_id: str
+    traces_path: str
+    scales: dict[int, float]
+    evaluator_name: str
+    baseline: dict | None
+
+
+def summarize_train(metrics: dict) -> dict[str, float]:
+    return {f"train/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def load_delta_and_history(ckpt_dir: str) -> tuple[dict | None, list[dict]]:
+    from trainables.delta import load_delta
+
+    p = Path(ckpt_dir)
+    history = [json.loads(line) for line in (p / "history.jsonl").read_text().splitlines()] \
+        if (p / "history.jsonl").exists() else []
+    if (p / "status.json").exists():  # diverged: no delta
+        return None, history
+    tensors, _ = load_delta(p)
+    return tensors, history
+
+
+def run_trial(params: dict, ctx: SweepContext) -> None:
+    """One Tune trial: train under Ray Train + DeepSpeed, evaluate the delta, log to MLflow, report once."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from sweep.config import parse_space
+    from trainables.trainer import train_loop_per_worker
+
+    cfg = parse_space(ctx.cfg)
+    uri = cfg.mlflow.tracking_uri
+    trial_id = tune.get_context().get_trial_id()
+    hp = cfg.hyperparams(params)
+    run_id = tracking.new_child(uri, ctx.experiment_id, ctx.parent_run_id, f"trial-{trial_id}",
+                                {"role": "trial", "tune_trial_id": trial_id, "status": "running"}, "tune_trial_id")
+    ok = False
+    try:
+        out_dir = tempfile.mkdtemp(prefix=f"r2mu-{trial_id}-")
+        spec = trial_spec(cfg, hp, ctx.traces_path, out_dir, ctx.scales.get(hp.layer))
+        t = cfg.train
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config={"spec": spec.model_dump()},
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                         resources_per_worker={"CPU": t.cpus_per_worker}),
+            run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(Path(
+                cfg.ray.storage_path.removeprefix("file://")).resolve() / cfg.name / "train")),
+        )
+        result = trainer.fit()
+        train_metrics = dict(result.metrics)
+        with result.checkpoint.as_directory() as d:
+            delta, history = load_delta_and_history(d)
+        status = train_metrics.get("status", "ok")
+        records: list[dict] = []
+        if status == "ok" and delta is not None:
+            evaluator = ray.get_actor(ctx.evaluator_name)
+            out = ray.get(evaluator.evaluate.remote(delta))
+            metrics = {k: v for k, v in out["metrics"].items() if v is not None}
+            metrics["eval_s"] = out["eval_s"]
+            records = out["records"]
+        else:
+            metrics = {m: worst_value(m, mode) for m, mode in cfg.search.objectives.items()}
+        metrics |= summarize_train({k: v for k, v in train_metrics.items() if k != "status"})
+        for m, mode in cfg.search.objectives.items():  # Optuna needs every objective
+            metrics.setdefault(m, worst_value(m, mode))
+        params_logged = hp.model_dump() | {"steering_coeff_abs": train_metrics.get("steering_coeff")}
+        with result.checkpoint.as_directory() as d:
+            tracking.log_result(uri, run_id, params_logged, metrics, history, records,
+                                d if delta is not None else None, tags={"status": status, "layer": hp.layer})
+        ok = True
+        tune.report(metrics | {"status": status, "mlflow_run_id": run_id})
+    finally:
+        tracking.end_run(uri, run_id, ok)
+
+
+class Progress(tune.Callback):
+    """A line per finished trial: its objectives and the current front size."""
+
+    def __init__(self, cfg: SweepConfig, baseline: dict | None):
+        self.cfg, self.baseline, self.points = cfg, baseline, []
+        self.t0 = time.monotonic()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        r = trial.last_result or {}
+        self.points.append(Point(trial.trial_id, {k: v for k, v in r.items() if isinstance(v, int | float)},
+                                 status=r.get("status", "ok"), name=trial.trial_id))
+        front = pareto_front(self.points, self.cfg.search.objectives, self.cfg.search.constraints, self.baseline)
+        objs = "  ".join(f"{m}={r.get(m, float('nan')):.3f}" for m in self.cfg.search.objectives)
+        hp = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.cfg.search.searched())
+        print(f"[{time.monotonic() - self.t0:6.0f}s] trial {len(self.points)}/{self.cfg.search.num_samples} "
+              f"{trial.trial_id} {r.get('status', '?')}: {objs}  | {hp}  | front {len(front)}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"trial {trial.trial_id} failed (Tune retries up to search.max_failures): {trial.error_file}",
+              file=sys.stderr, flush=True)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # must be in the driver's env (STACK.md)

@@ -1,0 +1,248 @@
+"""The Pareto front of a sweep, computed by our own code from the trials' MLflow runs.
+
+Tune's `get_best_result` is single-metric; here a trial is on the front when it satisfies the constraints
+and no other feasible trial is at least as good on every objective and strictly better on one.
+`python -m sweep.pareto --experiment NAME` re-prints the table of the latest sweep at any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sweep.config import Constraint
+
+
+@dataclass
+class Point:
+    """One trial as the front sees it."""
+
+    run_id: str
+    metrics: dict[str, float]
+    params: dict[str, str] = field(default_factory=dict)
+    status: str = "ok"
+    name: str = ""
+
+
+def _value(p: Point, metric: str) -> float | None:
+    v = p.metrics.get(metric)
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def feasible(p: Point, objectives: Mapping[str, str], constraints: Mapping[str, Constraint],
+             baseline: Mapping[str, float] | None = None) -> bool:
+    """Finished, every objective measured, every constraint met."""
+    if p.status != "ok" or any(_value(p, m) is None for m in objectives):
+        return False
+    for metric, c in constraints.items():
+        v = _value(p, metric)
+        if v is None or not c.satisfied(v, (baseline or {}).get(metric)):
+            return False
+    return True
+
+
+def dominates(a: Point, b: Point, objectives: Mapping[str, str]) -> bool:
+    """a is no worse than b on every objective and strictly better on at least one."""
+    better = False
+    for metric, mode in objectives.items():
+        x, y = _value(a, metric), _value(b, metric)
+        if mode == "max":
+            x, y = -x, -y
+        if x > y:
+            return False
+        better = better or x < y
+    return better
+
+
+def pareto_front(points: Sequence[Point], objectives: Mapping[str, str],
+                 constraints: Mapping[str, Constraint] | None = None,
+                 baseline: Mapping[str, float] | None = None) -> list[Point]:
+    ok = [p for p in points if feasible(p, objectives, constraints or {}, baseline)]
+    return [p for p in ok if not any(dominates(q, p, objectives) for q in ok if q is not p)]
+
+
+def knee(front: Sequence[Point], objectives: Mapping[str, str]) -> Point:
+    """The point closest to the ideal after scaling each objective to [0, 1] over the front (0 = best)."""
+    if not front:
+        raise ValueError("the front is empty: no trial satisfied the constraints")
+
+    def scaled(p: Point) -> float:
+        d = 0.0
+        for metric, mode in objectives.items():
+            vals = [_value(q, metric) for q in front]
+            lo, hi = min(vals), max(vals)
+            x = 0.0 if hi == lo else (_value(p, metric) - lo) / (hi - lo)
+            d += (1 - x if mode == "max" else x) ** 2
+        return d
+
+    return min(front, key=scaled)
+
+
+def format_table(points: Sequence[Point], front: Sequence[Point], objectives: Mapping[str, str],
+                 params: Sequence[str], baseline: Mapping[str, float] | None = None,
+                 extra: Sequence[str] = ()) -> str:
+    """Front first, then the rest; the baseline as the first row when given."""
+    on_front = {p.run_id for p in front}
+    metrics = list(objectives) + [m for m in extra if m not in objectives]
+    head = f"{'':2}{'trial':<14}" + "".join(f"{m:>12}" for m in metrics) + "".join(f"{k:>14}" for k in params)
+    rows = [head]
+    if baseline:
+        rows.append(f"{'':2}{'baseline':<14}" + "".join(_fmt(baseline.get(m)) for m in metrics))
+    order = sorted(points, key=lambda p: (p.run_id not in on_front, p.name))
+    for p in order:
+        mark = "* " if p.run_id in on_front else "  "
+        name = (p.name or p.run_id[:12])[:13] + ("" if p.status == "ok" else f" ({p.status})")
+        rows.append(mark + f"{name:<14}" + "".join(_fmt(_value(p, m)) for m in metrics)
+                    + "".join(f"{_short(p.params.get(k)):>14}" for k in params))
+    rows.append(f"* = Pareto front ({len(front)} of {len(points)} trials)")
+    return "\n".join(rows)
+
+
+def _fmt(v: float | None) -> str:
+    return f"{'-':>12}" if v is None else f"{v:>12.4g}"
+
+
+def _short(v: str | None) -> str:
+    if v is None:
+        return "-"
+    try:
+        return f"{float(v):.4g}"
+    except ValueError:
+        return v[:13]
+
+
+def plot_front(points: Sequence[Point], front: Sequence[Point], objectives: Mapping[str, str],
+               out: str | Path, baseline: Mapping[str, float] | None = None, title: str = "") -> Path:
+    """One panel per pair of objectives: all trials, the front highlighted, the baseline as a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(objectives)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]] or [(names[0], names[0])]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4.2), squeeze=False)
+    on_front = {p.run_id for p in front}
+    for ax, (x, y) in zip(axes[0], pairs, strict=True):
+        rest = [p for p in points if p.run_id not in on_front and _value(p, x) is not None
+                and _value(p, y) is not None]
+        ax.scatter([_value(p, x) for p in rest], [_value(p, y) for p in rest], c="0.6", s=24, label="trials")
+        ax.scatter([_value(p, x) for p in front], [_value(p, y) for p in front], c="tab:red", s=40,
+                   label="Pareto front")
+        if baseline and x in baseline and y in baseline:
+            ax.scatter([baseline[x]], [baseline[y]], marker="*", s=220, c="tab:blue", label="baseline (base model)")
+        ax.set_xlabel(f"{x} ({objectives[x]})")
+        ax.set_ylabel(f"{y} ({objectives[y]})")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+# ------------------------------------------------------------------ MLflow side
+
+
+def read_sweep(tracking_uri: str, experiment: str, parent_run_id: str | None = None):
+    """(parent run, trial points, baseline metrics) of the latest (or the given) sweep in the experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+    if parent_run_id is None:
+        parents = client.search_runs([exp.experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"],
+                                     max_results=1)
+        if not parents:
+            raise ValueError(f"experiment {experiment!r} has no sweep run yet")
+        parent = parents[0]
+    else:
+        parent = client.get_run(parent_run_id)
+    pid = parent.info.run_id
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}'", max_results=5000)
+    points, baseline = [], None
+    for r in children:
+        role = r.data.tags.get("role")
+        if role == "baseline":
+            baseline = dict(r.data.metrics)
+        elif role == "trial":
+            points.append(Point(r.info.run_id, dict(r.data.metrics), dict(r.data.params),
+                                r.data.tags.get("status", "ok"), r.info.run_name or ""))
+    return parent, sorted(points, key=lambda p: p.name), baseline
+
+
+def update_front(tracking_uri: str, experiment: str, objectives: Mapping[str, str],
+                 constraints: Mapping[str, Constraint], params: Sequence[str], parent_run_id: str | None = None,
+                 out_dir: str | Path | None = None) -> tuple[str, list[Point], Point | None]:
+    """Tag the front's runs `pareto=true` (others false), log the plot and table to the parent run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent, points, baseline = read_sweep(tracking_uri, experiment, parent_run_id)
+    front = pareto_front(points, objectives, constraints, baseline)
+    ids = {p.run_id for p in front}
+    for p in points:
+        client.set_tag(p.run_id, "pareto", "true" if p.run_id in ids else "false")
+    best = knee(front, objectives) if front else None
+    table = format_table(points, front, objectives, params, baseline, extra=list(constraints))
+    if out_dir is not None and points:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        png = plot_front(points, front, objectives, out / "pareto.png", baseline, title=experiment)
+        (out / "pareto.txt").write_text(table + "\n")
+        client.log_artifact(parent.info.run_id, str(png))
+        client.log_artifact(parent.info.run_id, str(out / "pareto.txt"))
+        client.set_tag(parent.info.run_id, "front_size", str(len(front)))
+        if best is not None:
+            client.set_tag(parent.info.run_id, "knee_run_id", best.run_id)
+    return table, front, best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sweep.pareto", description="Print a sweep's Pareto front.")
+    ap.add_argument("--experiment", required=True, help="MLflow experiment (the space file's name)")
+    ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    ap.add_argument("--space", help="the space file (objectives and constraints); default: the sweep's own copy")
+    ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = _sweep_config(args)
+        params = list(cfg.search.searched())
+        table, front, best = update_front(args.tracking_uri, args.experiment, cfg.search.objectives,
+                                          cfg.search.constraints, params, args.parent)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table)
+    if best is not None:
+        print(f"knee: {best.name} (run {best.run_id})")
+    return 0
+
+
+def _sweep_config(args: argparse.Namespace):
+    """The space file given, or the copy the sweep logged to its parent run."""
+    from sweep.config import load_space, parse_space
+
+    if args.space:
+        return load_space(args.space)
+    import json
+
+    import mlflow
+
+    parent, _, _ = read_sweep(args.tracking_uri, args.experiment, args.parent)
+    mlflow.set_tracking_uri(args.tracking_uri)
+    raw = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/config.json")
+    return parse_space(json.loads(raw), f"run {parent.info.run_id} config.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Once per sweep, before the trials: the base model's reasoning traces and its activation scale.
+
+Both are cached under `<storage>/cache/` keyed by what they depend on, so a rerun or a resumed sweep reuses
+them: traces by (model, data file, trigger, length), the median ||h_l|| by (model, forget data, layer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from sweep.checks import resolve_uri
+from sweep.config import SweepConfig
+
+
+def _file_digest(path: str) -> str:
+    p = Path(path)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p.rglob("*")):
+            if f.is_file():
+                h.update(f.name.encode() + f.read_bytes())
+        return h.hexdigest()
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def model_digest(model_path: str) -> str:
+    """The model's identity for cache keys: its config and weight files' sizes and names (cheap)."""
+    p = Path(model_path)
+    if not p.is_dir():
+        return model_path  # a hub id on a cluster
+    h = hashlib.sha256((p / "config.json").read_bytes())
+    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}".encode())
+    return h.hexdigest()
+
+
+def cache_dir(cfg: SweepConfig) -> Path:
+    return Path(cfg.ray.storage_path.removeprefix("file://")).resolve() / "cache"
+
+
+def trace_source(cfg: SweepConfig) -> tuple[str, str]:
+    """(file, field) of the questions the traces are generated on: data.traces.source, else data.forget."""
+    t = cfg.data.traces
+    if t.source:
+        return resolve_uri(t.source), t.field
+    return resolve_uri(cfg.data.forget.path), cfg.data.forget.field
+
+
+def traces_key(cfg: SweepConfig) -> str:
+    src, field = trace_source(cfg)
+    t = cfg.data.traces
+    key = json.dumps([model_digest(resolve_uri(cfg.model.path)), _file_digest(src), field, t.trigger,
+                      t.max_new_tokens, t.limit])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def traces_path(cfg: SweepConfig) -> Path:
+    return cache_dir(cfg) / f"traces-{traces_key(cfg)}.jsonl"
+
+
+def ensure_traces(cfg: SweepConfig, evaluator: Any, call=lambda f, *a: f(*a)) -> Path:
+    """The cached trace file, generated through the evaluator's backend if missing.
+
+    `call` runs a method of the evaluator: directly (`sweep.trial`) or as `ray.get(actor.m.remote(...))`.
+    """
+    from trainables.data import read_rows
+
+    out = traces_path(cfg)
+    if out.exists():
+        print(f"traces: cached {out}")
+        return out
+    src, field = trace_source(cfg)
+    rows = read_rows(src, [field], cfg.data.traces.limit, what="data.traces")
+    for i, r in enumerate(rows):
+        r.setdefault("id", str(i))
+    print(f"traces: generating {len(rows)} base-model traces ({cfg.data.traces.max_new_tokens} tokens) -> {out}")
+    call(evaluator.traces, rows, field, cfg.data.traces.trigger, cfg.data.traces.max_new_tokens, str(out))
+    return out
+
+
+def activation_scales(cfg: SweepConfig, layers: list[int], n_batches: int = 4) -> dict[int, float]:
+    """Median ||h_l|| of the base model on forget data for each layer (cached; for steering_rel)."""
+    key = hashlib.sha256(json.dumps([model_digest(resolve_uri(cfg.model.path)),
+                                     _file_digest(resolve_uri(cfg.data.forget.path)), cfg.data.forget.field,
+                                     cfg.data.max_len, cfg.model.dtype, n_batches]).encode()).hexdigest()[:16]
+    path = cache_dir(cfg) / f"activation-{key}.json"
+    cached = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+    missing = [layer for layer in layers if layer not in cached]
+    if missing:
+        cached.update(_measure_scales(cfg, missing, n_batches))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({str(k): v for k, v in sorted(cached.items())}))
+        tmp.replace(path)
+    return {layer: cached[layer] for layer in layers}
+
+
+def _measure_scales(cfg: SweepConfig, layers: list[int], n_batches: int) -> dict[int, float]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainables.data import read_records
+    from trainables.r2mu import Batch, activation_scale
+
+    path = resolve_uri(cfg.model.path)
+    dtype = getattr(torch, cfg.model.dtype)
+    device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                 trust_remote_code=cfg.model.trust_remote_code).to(device).eval()
+    texts = read_records(resolve_uri(cfg.data.forget.path), cfg.data.forget.field,
+                         n_batches * cfg.train.batch_size, what="data.forget")
+    batches = []
+    for i in range(0, len(texts), cfg.train.batch_size):
+        enc = tok(texts[i:i + cfg.train.batch_size], return_tensors="pt", padding=True, truncation=True,
+                  max_length=cfg.data.max_len, padding_side="right")
+        mask = enc["attention_mask"]
+        batches.append(Batch(enc["input_ids"].to(device), mask.to(device), mask.to(device)))
+    with torch.no_grad():
+        scales = {layer: activation_scale(model, batches, layer) for layer in layers}
+    print("activation scale (median ||h_l|| on forget data): "
+          + ", ".join(f"l{k}={v:.3g}" for k, v in scales.items()))
+    return scales

@@ -1,0 +1,128 @@
+"""MLflow bookkeeping: the experiment, one parent run per sweep, a child run per trial and the baseline.
+
+Runs are found again by tags (`role`, `tune_trial_id`), so a resumed sweep reuses its parent run and never
+duplicates a trial's run. Every run is ended (FINISHED or FAILED); none is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from sweep.config import SweepConfig
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Beside a SQLite store: `<db folder>/mlartifacts` (explicit, so trials on any worker agree)."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def client_for(cfg: SweepConfig) -> MlflowClient:
+    return MlflowClient(cfg.mlflow.tracking_uri)
+
+
+def ensure_experiment(cfg: SweepConfig) -> str:
+    client = client_for(cfg)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise ValueError(f"MLflow experiment {cfg.experiment!r} is deleted; restore it or rename the sweep")
+        return exp.experiment_id
+    location = cfg.mlflow.artifact_location or default_artifact_location(cfg.mlflow.tracking_uri)
+    return client.create_experiment(cfg.experiment, artifact_location=location)
+
+
+def start_parent(cfg: SweepConfig, experiment_id: str, space_text: str, resume: bool) -> str:
+    """A new parent run, or (resume) the latest unfinished one of this experiment."""
+    client = client_for(cfg)
+    if resume:
+        runs = client.search_runs([experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"],
+                                  max_results=1)
+        if runs:
+            run = runs[0]
+            if run.info.status != "RUNNING":
+                client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+    run = client.create_run(experiment_id, run_name=f"{cfg.name}-sweep", tags={"role": "sweep"})
+    rid = run.info.run_id
+    try:
+        client.log_text(rid, space_text, "space.yaml")
+        client.log_text(rid, json.dumps(cfg.model_dump(mode="json"), indent=2), "config.json")
+        log_result(cfg.mlflow.tracking_uri, rid, {"algorithm": cfg.search.algorithm, "model": cfg.model.path,
+                                                  "num_samples": cfg.search.num_samples,
+                                                  "max_concurrent": cfg.search.max_concurrent}, {})
+    except Exception:
+        end_run(cfg.mlflow.tracking_uri, rid, ok=False)
+        raise
+    return rid
+
+
+def end_run(tracking_uri: str, run_id: str, ok: bool) -> None:
+    MlflowClient(tracking_uri).set_terminated(run_id, RunStatus.to_string(
+        RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def find_child(client: MlflowClient, experiment_id: str, parent_id: str, key: str, value: str):
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and tags.{key} = '{value}'",
+                              max_results=10)
+    return runs
+
+
+def new_child(tracking_uri: str, experiment_id: str, parent_id: str, name: str, tags: Mapping[str, str],
+              dedupe_tag: str) -> str:
+    """A child run; an unfinished run with the same `dedupe_tag` value (a crashed attempt) is deleted first."""
+    client = MlflowClient(tracking_uri)
+    for old in find_child(client, experiment_id, parent_id, dedupe_tag, tags[dedupe_tag]):
+        if old.info.status == "FINISHED":
+            return old.info.run_id  # already complete (resume): the caller checks `is_finished`
+        client.delete_run(old.info.run_id)
+    run = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_id, **tags})
+    return run.info.run_id
+
+
+def is_finished(tracking_uri: str, run_id: str) -> bool:
+    return MlflowClient(tracking_uri).get_run(run_id).info.status == "FINISHED"
+
+
+def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float],
+               history: list[dict] | None = None, records: list[dict] | None = None,
+               delta_dir: str | None = None, tags: Mapping[str, str] | None = None) -> None:
+    """Params, final metrics, per-step loss curves, per-item eval records (table) and the delta."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = MlflowClient(tracking_uri)
+    import time
+
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float)]
+    for row in history or []:
+        step = int(row["step"])
+        ms += [Metric(f"train/{k}", float(v), now, step) for k, v in row.items()
+               if k != "step" and isinstance(v, int | float)]
+    ps = [Param(k, str(v)) for k, v in params.items()]
+    ts = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(ms), 1), 900):  # MLflow caps a batch at 1000 entries
+        client.log_batch(run_id, metrics=ms[i:i + 900], params=ps if i == 0 else [], tags=ts if i == 0 else [])
+    if records:
+        client.log_table(run_id, _columns(records), "eval_records.json")
+    if delta_dir:
+        client.log_artifacts(run_id, delta_dir, "delta")
+
+
+def _columns(records: list[dict]) -> dict[str, list]:
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r if k not in keys]
+    return {k: [_cell(r.get(k)) for r in records] for k in keys}
+
+
+def _cell(v: Any) -> Any:
+    return v if v is None or isinstance(v, str | int | float | bool) else json.dumps(v)

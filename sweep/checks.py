@@ -108,6 +108,34 @@ def check_data(cfg: SweepConfig) -> dict[str, int]:
     return counts
 
 
+def check_eval(cfg: SweepConfig) -> list[str]:
+    """Every eval set is registered, fits its slot (forget/retain: MCQ, reasoning: reasoning) and its local
+    path exists. Sets without a local path load from the hub on a cluster (not checked here)."""
+    from eval.benchmarks import REGISTRY
+
+    slots = [("eval.forget", [cfg.eval.forget], "mcq")] + [
+        (f"eval.{name}", refs, kind) for name, refs, kind in
+        (("reasoning", cfg.eval.reasoning, "reasoning"), ("retain", cfg.eval.retain, "mcq"))]
+    names = []
+    for where, refs, kind in slots:
+        for i, ref in enumerate(refs):
+            at = where if where == "eval.forget" else f"{where}.{i}"
+            spec = REGISTRY.get(ref.set)
+            if spec is None:
+                raise ConfigError("eval", [(f"{at}.set", f"unknown set {ref.set!r}; accepted: {', '.join(REGISTRY)}")])
+            if spec.kind != kind:
+                raise ConfigError("eval", [(f"{at}.set", f"{ref.set!r} is a {spec.kind} set; this slot takes {kind} "
+                                            "sets")])
+            if ref.path and not Path(resolve_uri(ref.path)).exists():
+                raise ConfigError("eval", [(f"{at}.path", f"no such file or directory {ref.path!r}")])
+            if not ref.path and spec.default_path is None and spec.hub is None:
+                raise ConfigError("eval", [(f"{at}.path", f"set {ref.set!r} needs a path to a local file")])
+            names.append(ref.set + ("" if ref.path or spec.default_path else " (hub)"))
+    if cfg.eval.judge == "llm" and not cfg.eval.judge_model:
+        raise ConfigError("eval", [("eval.judge_model", "judge: llm needs judge_model (a local model directory)")])
+    return names
+
+
 def check_mlflow(cfg: SweepConfig) -> str:
     """A SQLite store must be creatable; a server must answer. Never falls back to another store."""
     uri = cfg.mlflow.tracking_uri
@@ -151,7 +179,7 @@ def check_ray(cfg: SweepConfig) -> str:
 def check_all(cfg: SweepConfig, source: str = "space file") -> dict[str, Any]:
     """Run every check; the first failure raises ConfigError naming `source`. Returns what the plan prints."""
     try:
-        return {"model": check_model(cfg), "data": check_data(cfg), "mlflow": check_mlflow(cfg),
-                "ray": check_ray(cfg)}
+        return {"model": check_model(cfg), "data": check_data(cfg), "eval": check_eval(cfg),
+                "mlflow": check_mlflow(cfg), "ray": check_ray(cfg)}
     except ConfigError as e:
         raise ConfigError(source, e.problems) from None

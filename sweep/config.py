@@ -275,10 +275,14 @@ class SweepConfig(Strict):
 
     def hyperparams(self, values: dict[str, Any] | None = None) -> Hyperparams:
         """Resolve one trial's hyperparameters: fixed values, then `values` (searched or --set)."""
+        values = dict(values or {})
+        # --set steering_coeff=6.5 on a space that searches steering_rel (or the reverse) replaces it
+        other = {"steering_coeff": "steering_rel", "steering_rel": "steering_coeff"}
+        skip = {other[k] for k in other if k in values}
         resolved: dict[str, Any] = {"steps": self.train.steps}
-        resolved |= {k: p.value for k, p in self.search.space.items() if p.kind == "fixed"}
-        resolved |= dict(values or {})
-        missing = [k for k in self.search.searched() if k not in resolved]
+        resolved |= {k: p.value for k, p in self.search.space.items() if p.kind == "fixed" and k not in skip}
+        resolved |= values
+        missing = [k for k in self.search.searched() if k not in resolved and k not in skip]
         if missing:
             raise ValueError(f"no value for searched hyperparameter(s) {missing}; give --set NAME=VALUE")
         return Hyperparams(**resolved)

@@ -191,6 +191,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         ok = errors < len(results)
         return 0 if ok else 1
     finally:
+        tracking.end_stale_children(uri, experiment_id, parent)
         tracking.end_run(uri, parent, ok)
         if ray.is_initialized():
             ray.shutdown()

@@ -70,6 +70,16 @@ def end_run(tracking_uri: str, run_id: str, ok: bool) -> None:
         RunStatus.FINISHED if ok else RunStatus.FAILED))
 
 
+def end_stale_children(tracking_uri: str, experiment_id: str, parent_id: str) -> int:
+    """Mark children still RUNNING (a trial killed with the sweep) as KILLED; a resume replaces them."""
+    client = MlflowClient(tracking_uri)
+    stale = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and "
+                               "attributes.status = 'RUNNING'", max_results=1000)
+    for run in stale:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(stale)
+
+
 def find_child(client: MlflowClient, experiment_id: str, parent_id: str, key: str, value: str):
     runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and tags.{key} = '{value}'",
                               max_results=10)
@@ -83,7 +93,7 @@ def new_child(tracking_uri: str, experiment_id: str, parent_id: str, name: str, 
     for old in find_child(client, experiment_id, parent_id, dedupe_tag, tags[dedupe_tag]):
         if old.info.status == "FINISHED":
             return old.info.run_id  # already complete (resume): the caller checks `is_finished`
-        client.delete_run(old.info.run_id)
+        client.delete_run(old.info.run_id)  # an attempt that crashed or was killed: replaced, not duplicated
     run = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_id, **tags})
     return run.info.run_id
 
@@ -95,7 +105,8 @@ def is_finished(tracking_uri: str, run_id: str) -> bool:
 def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float],
                history: list[dict] | None = None, records: list[dict] | None = None,
                delta_dir: str | None = None, tags: Mapping[str, str] | None = None) -> None:
-    """Params, final metrics, per-step loss curves, per-item eval records (table) and the delta."""
+    """Params, final metrics, per-step loss curves (`loss/forget`, ..., `loss/total`), per-item eval records
+    (an MLflow table) and the delta."""
     from mlflow.entities import Metric, Param, RunTag
 
     client = MlflowClient(tracking_uri)
@@ -105,7 +116,7 @@ def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metric
     ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float)]
     for row in history or []:
         step = int(row["step"])
-        ms += [Metric(f"train/{k}", float(v), now, step) for k, v in row.items()
+        ms += [Metric(f"loss/{'total' if k == 'loss' else k}", float(v), now, step) for k, v in row.items()
                if k != "step" and isinstance(v, int | float)]
     ps = [Param(k, str(v)) for k, v in params.items()]
     ts = [RunTag(k, str(v)) for k, v in (tags or {}).items()]

@@ -69,6 +69,9 @@ BAD = [
     ("model.update.parm", "x", "model.update.parm", "accepted: layers_below, param"),
     ("ray.address", "auto", "ray.storage_path", "shared storage"),
     ("mlflow.tracking_uri", "sqlite:////nonexistent/dir/mlflow.db", "mlflow.tracking_uri", "does not exist"),
+    ("eval.forget.set", "wmdp-biology", "eval.forget.set", "accepted: organism-forget"),
+    ("eval.forget.set", "gsm8k", "eval.forget.set", "reasoning set"),
+    ("eval.forget.path", "/nonexistent/wmdp.jsonl", "eval.forget.path", "no such file"),
 ]
 
 
@@ -85,12 +88,12 @@ def test_bad_field_is_named(space, write_space, tmp_path, capsys, dotted, value,
     assert after == sorted(before + ["space.yaml"]) or after == before
 
 
-@pytest.mark.parametrize("stream,content,word", [
-    ("forget", None, "no such file"),
-    ("forget", "", "empty"),
-    ("retain", '{"id": "1", "body": "x"}\n', "text"),
+@pytest.mark.parametrize("stream,content,field,word", [
+    ("forget", None, "path", "not found"),
+    ("forget", "", "path", "empty"),
+    ("retain", '{"id": "1", "body": "x"}\n', "field", "no field 'text'"),
 ])
-def test_bad_data_file_is_named(space, write_space, capsys, stream, content, word):
+def test_bad_data_file_is_named(space, write_space, capsys, stream, content, field, word):
     path = Path(space["data"][stream]["path"])
     if content is None:
         path.unlink()
@@ -98,7 +101,7 @@ def test_bad_data_file_is_named(space, write_space, capsys, stream, content, wor
         path.write_text(content)
     rc, out = dry_run(write_space(space), capsys)
     assert rc == 2
-    assert f"data.{stream}.path:" in out, out
+    assert f"data.{stream}.{field}:" in out, out
     assert word in out.lower(), out
 
 

@@ -1,0 +1,140 @@
+"""`python -m sweep.export --experiment NAME --pick knee --out DIR`: a chosen trial as a plain HF model.
+
+Merges the trial's delta into the base weights and writes a standard Hugging Face directory (safetensors in
+the base dtype, config, tokenizer, generation config) with a README model card (hyperparameters, metrics,
+the baseline), and optionally registers it in the MLflow model registry with an alias.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sweep.pareto import Point, knee, pareto_front, read_sweep
+
+
+def pick_run(tracking_uri: str, experiment: str, pick: str, parent: str | None = None) -> tuple[Point, Any, dict]:
+    """(the chosen trial, the sweep config, baseline metrics); pick = 'knee' or 'run:<id>'."""
+    import mlflow
+
+    from sweep.config import parse_space
+
+    parent_run, points, baseline = read_sweep(tracking_uri, experiment, parent)
+    mlflow.set_tracking_uri(tracking_uri)
+    raw = json.loads(mlflow.artifacts.load_text(f"runs:/{parent_run.info.run_id}/config.json"))
+    cfg = parse_space(raw, f"run {parent_run.info.run_id} config.json")
+    if pick == "knee":
+        front = pareto_front(points, cfg.search.objectives, cfg.search.constraints, baseline)
+        return knee(front, cfg.search.objectives), cfg, baseline or {}
+    run_id = pick.removeprefix("run:")
+    match = [p for p in points if p.run_id == run_id]
+    if not match:
+        raise ValueError(f"--pick {pick}: no trial run {run_id!r} in the latest sweep of {experiment!r}")
+    return match[0], cfg, baseline or {}
+
+
+def model_card(point: Point, cfg: Any, baseline: dict, base_path: str) -> str:
+    objs = list(cfg.search.objectives) + [m for m in cfg.search.constraints if m not in cfg.search.objectives]
+    rows = "\n".join(f"| {m} | {point.metrics.get(m, float('nan')):.4f} | "
+                     f"{baseline.get(m, float('nan')):.4f} |" for m in objs)
+    hps = "\n".join(f"| {k} | {v} |" for k, v in sorted(point.params.items()))
+    return f"""# {cfg.name}: R²MU-unlearned {Path(base_path).name}
+
+Made by r2mu-sweep: the base model `{cfg.model.path}` with the `{cfg.model.update.param}` tensors of a few
+layers replaced by R²MU training (trial `{point.name}`, MLflow run `{point.run_id}`).
+
+## Metrics (eval settings of the sweep; baseline = the base model)
+
+| metric | this model | baseline |
+| --- | --- | --- |
+{rows}
+
+## Hyperparameters
+
+| name | value |
+| --- | --- |
+{hps}
+
+Load it with `AutoModelForCausalLM.from_pretrained(DIR)` or `vllm.LLM(model=DIR)`.
+"""
+
+
+def export(tracking_uri: str, experiment: str, pick: str, out: str | Path, force: bool = False,
+           register: str | None = None, parent: str | None = None) -> Path:
+    import mlflow
+    import torch
+    from transformers import AutoTokenizer
+
+    from sweep.checks import resolve_uri
+    from trainables.delta import load_merged
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ValueError(f"--out {out} exists and is not empty; choose another directory or pass --force")
+    point, cfg, baseline = pick_run(tracking_uri, experiment, pick, parent)
+    base = resolve_uri(cfg.model.path)
+    print(f"exporting {point.name} (run {point.run_id}) merged into {base}")
+    with tempfile.TemporaryDirectory() as tmp:
+        delta_dir = mlflow.artifacts.download_artifacts(run_id=point.run_id, artifact_path="delta", dst_path=tmp)
+        model = load_merged(delta_dir, base, dtype=getattr(torch, cfg.model.dtype),
+                            trust_remote_code=cfg.model.trust_remote_code)
+        staging = Path(tmp) / "model"  # written whole, then moved: a failure leaves `out` as it was
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(base).save_pretrained(staging)
+        (staging / "README.md").write_text(model_card(point, cfg, baseline, base))
+        shutil.copy(Path(delta_dir) / "delta.json", staging / "r2mu_delta.json")
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(out))
+    if register:
+        version = register_model(tracking_uri, point.run_id, out, register)
+        print(f"registered as models:/{register}@champion (version {version})")
+    print(f"wrote {out}")
+    return out
+
+
+def register_model(tracking_uri: str, run_id: str, model_dir: Path, name: str, alias: str = "champion") -> str:
+    """Log the HF directory to the trial's run and register it with an alias (stages are deprecated)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    client.log_artifacts(run_id, str(model_dir), "hf_model")
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass  # already registered: add a version
+    source = f"{client.get_run(run_id).info.artifact_uri}/hf_model"
+    mv = client.create_model_version(name, source, run_id=run_id)
+    client.set_registered_model_alias(name, alias, mv.version)
+    return mv.version
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sweep.export", description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its space file name)")
+    ap.add_argument("--pick", default="knee", help="'knee' (the Pareto point closest to the ideal) or run:<id>")
+    ap.add_argument("--run", help="a trial's MLflow run id (same as --pick run:<id>)")
+    ap.add_argument("--out", required=True, help="output directory (must be empty or new)")
+    ap.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ap.add_argument("--register", metavar="NAME", help="register in the MLflow model registry, alias champion")
+    ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
+    args = ap.parse_args(argv)
+    try:
+        export(args.tracking_uri, args.experiment, f"run:{args.run}" if args.run else args.pick, args.out,
+               args.force, args.register, args.parent)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The front, the knee and the constraints, checked against a brute-force definition."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from sweep.config import Constraint
+from sweep.pareto import Point, dominates, knee, pareto_front, plot_front
+
+OBJ = {"trace_leak": "min", "reason_acc": "max"}
+
+
+def pt(i, leak, reason, retain=0.9, status="ok"):
+    return Point(f"r{i}", {"trace_leak": leak, "reason_acc": reason, "retain_acc": retain}, status=status,
+                 name=f"t{i}")
+
+
+def test_front_by_hand():
+    pts = [pt(0, 0.9, 0.95), pt(1, 0.1, 0.9), pt(2, 0.1, 0.8), pt(3, 0.0, 0.5), pt(4, 0.5, 0.95)]
+    front = {p.run_id for p in pareto_front(pts, OBJ)}
+    # r2 is dominated by r1 (same leak, worse reasoning); r0 by r4 (same reasoning, more leak)
+    assert front == {"r1", "r3", "r4"}
+
+
+def test_constraints_and_failures_are_excluded():
+    pts = [pt(0, 0.0, 1.0, retain=0.5), pt(1, 0.2, 0.9), pt(2, 0.0, 1.0, status="diverged")]
+    front = pareto_front(pts, OBJ, {"retain_acc": Constraint.parse(">= baseline - 0.05")}, {"retain_acc": 0.9})
+    assert [p.run_id for p in front] == ["r1"]
+
+
+def test_front_matches_brute_force():
+    rng = random.Random(0)
+    objectives = {"trace_leak": "min", "forget_acc": "min", "reason_acc": "max"}
+    for _ in range(20):
+        pts = [Point(f"r{i}", {m: round(rng.random(), 1) for m in objectives}) for i in range(15)]
+        front = {p.run_id for p in pareto_front(pts, objectives)}
+        sign = {m: (1 if d == "min" else -1) for m, d in objectives.items()}
+        brute = set()
+        for p in pts:
+            beaten = False
+            for q in pts:
+                le = all(sign[m] * q.metrics[m] <= sign[m] * p.metrics[m] for m in objectives)
+                lt = any(sign[m] * q.metrics[m] < sign[m] * p.metrics[m] for m in objectives)
+                beaten |= le and lt
+            if not beaten:
+                brute.add(p.run_id)
+        assert front == brute
+        for a, b in itertools.permutations(pts, 2):
+            assert not (dominates(a, b, objectives) and dominates(b, a, objectives))
+
+
+def test_knee_is_the_balanced_point():
+    front = [pt(0, 0.0, 0.2), pt(1, 0.05, 0.9), pt(2, 0.6, 1.0)]
+    assert knee(front, OBJ).run_id == "r1"
+
+
+def test_plot_is_written(tmp_path):
+    pts = [pt(i, i / 10, 1 - i / 20) for i in range(6)]
+    out = plot_front(pts, pareto_front(pts, OBJ), OBJ, tmp_path / "p.png", {"trace_leak": 0.9, "reason_acc": 1})
+    assert out.stat().st_size > 5000 and out.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,184 @@
+"""The main job end to end: real Ray, Ray Train + DeepSpeed, Optuna, MLflow (SQLite), a real model.
+
+One small sweep (3 trials, 2 at a time) over the organism's data and eval sets; then the Pareto tags, the
+plot, the export of the knee, `sweep.trial` at the knee's values, and `--resume` after an interruption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sweep.config import load_space
+from sweep.pareto import Point, dominates, feasible
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def organism_or_tiny(tmp: Path) -> str:
+    """The bundled organism when it is built, else a tiny random Llama."""
+    if (ROOT / "organism/assets/base/config.json").exists():
+        return "organism://base"
+    from tests.tiny import save_tiny
+
+    return str(save_tiny(tmp / "tiny", "llama", layers=4))
+
+
+def small_space(tmp: Path, name: str, num_samples: int, concurrent: int) -> Path:
+    space = {
+        "name": name,
+        "model": {"path": organism_or_tiny(tmp)},
+        "data": {"forget": {"path": "organism://forget", "limit": 32},
+                 "retain": {"path": "organism://retain", "limit": 32},
+                 "cot": {"path": "organism://cot", "max_tokens": 48, "limit": 32},
+                 "traces": {"max_new_tokens": 24, "limit": 16}, "max_len": 64},
+        "train": {"steps": 6, "batch_size": 4, "cpus_per_worker": 0.9},
+        "search": {"num_samples": num_samples, "max_concurrent": concurrent, "algorithm": "random",
+                   "objectives": {"trace_leak": "min", "forget_acc": "min", "reason_acc": "max"},
+                   "constraints": {"retain_acc": ">= 0.0"},
+                   "space": {"layer": {"int": [2, 3]}, "steering_rel": {"loguniform": [0.5, 4]},
+                             "lr": {"loguniform": [1e-3, 1e-2]}}},
+        "eval": {"backend": "hf", "forget": {"set": "organism-forget", "limit": 8},
+                 "reasoning": [{"set": "organism-arith", "limit": 8}],
+                 "retain": [{"set": "organism-retain", "limit": 8}],
+                 "generation": {"temperature": 0.0, "max_new_tokens": 40}},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"},
+        "ray": {"storage_path": str(tmp / "ray_results"), "num_cpus": 2},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def run(module: str, *args: str, cwd: Path, timeout: int = 420) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def runs_of(tmp: Path, experiment: str):
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    space = small_space(tmp, "e2e", num_samples=3, concurrent=2)
+    p = run("sweep.run", "--space", str(space), cwd=tmp)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return tmp, space, p.stdout
+
+
+def test_every_trial_is_logged_with_metrics_and_delta(sweep):
+    tmp, space, out = sweep
+    client, runs = runs_of(tmp, "e2e")
+    roles = [r.data.tags.get("role") for r in runs]
+    assert roles.count("sweep") == 1 and roles.count("baseline") == 1 and roles.count("trial") == 3
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        if r.data.tags["role"] != "trial":
+            continue
+        assert {"trace_leak", "forget_acc", "reason_acc", "retain_acc", "train/loss_forget"} <= set(r.data.metrics)
+        assert {"layer", "steering_rel", "lr", "alpha"} <= set(r.data.params)
+        arts = {a.path for a in client.list_artifacts(r.info.run_id, "delta")}
+        assert "delta/delta.safetensors" in arts or any(a.endswith(".safetensors") for a in arts), arts
+        curve = client.get_metric_history(r.info.run_id, "loss/forget")
+        assert sorted(m.step for m in curve) == list(range(6))  # one point per training step
+    assert "trial 3/3" in out and "Pareto front" in out
+
+
+def test_pareto_tags_agree_with_dominance(sweep):
+    tmp, space, _ = sweep
+    cfg = load_space(space)
+    _, runs = runs_of(tmp, "e2e")
+    trials = [r for r in runs if r.data.tags["role"] == "trial"]
+    baseline = next(r for r in runs if r.data.tags["role"] == "baseline").data.metrics
+    pts = {r.info.run_id: Point(r.info.run_id, r.data.metrics, status=r.data.tags["status"]) for r in trials}
+    tagged = {r.info.run_id for r in trials if r.data.tags.get("pareto") == "true"}
+    assert tagged, "no trial tagged pareto=true"
+    for rid, p in pts.items():
+        ok = feasible(p, cfg.search.objectives, cfg.search.constraints, baseline)
+        beaten = any(dominates(q, p, cfg.search.objectives) for q in pts.values()
+                     if q is not p and feasible(q, cfg.search.objectives, cfg.search.constraints, baseline))
+        assert (rid in tagged) == (ok and not beaten)
+    png = tmp / "ray_results" / "e2e" / "pareto" / "pareto.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_knee_and_trial_reproduce_the_metrics(sweep):
+    tmp, space, _ = sweep
+    client, runs = runs_of(tmp, "e2e")
+    parent = next(r for r in runs if r.data.tags["role"] == "sweep")
+    knee_id = client.get_run(parent.info.run_id).data.tags["knee_run_id"]
+    knee = client.get_run(knee_id)
+    p = run("sweep.export", "--experiment", "e2e", "--pick", "knee", "--out", str(tmp / "exported"),
+            "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
+    assert p.returncode == 0, p.stderr[-2000:]
+    # the exported directory is a plain HF model; evaluated alone it scores what the trial scored
+    p = run("eval.run", "--model", str(tmp / "exported"), "--suite", str(space), "--backend", "hf",
+            "--out", str(tmp / "exported.json"), cwd=tmp)
+    assert p.returncode == 0, p.stderr[-2000:]
+    exported = json.loads((tmp / "exported.json").read_text())["metrics"]
+    for m in ("trace_leak", "forget_acc", "reason_acc", "retain_acc"):
+        assert exported[m] == pytest.approx(knee.data.metrics[m], abs=1e-9), m
+    # refusing to overwrite
+    p = run("sweep.export", "--experiment", "e2e", "--out", str(tmp / "exported"),
+            "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
+    assert p.returncode == 2 and "--force" in p.stderr
+    # one trial by hand at the knee's values gives the same metrics
+    sets = [f"--set={k}={knee.data.params[k]}" for k in ("layer", "steering_rel", "lr")]
+    p = run("sweep.trial", "--space", str(space), *sets, cwd=tmp)
+    assert p.returncode == 0, p.stderr[-2000:]
+    alone = json.loads(p.stdout[p.stdout.index("{"):])
+    for m in ("trace_leak", "forget_acc", "reason_acc", "retain_acc", "train/loss"):
+        assert alone[m] == pytest.approx(knee.data.metrics[m], rel=1e-4, abs=1e-6), m
+
+
+def test_resume_adds_only_missing_trials(tmp_path):
+    space = small_space(tmp_path, "resume", num_samples=3, concurrent=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.run", "--space", str(space)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        first = None
+        while time.monotonic() < deadline and first is None:  # wait for the first finished trial run
+            time.sleep(2)
+            if (tmp_path / "mlflow.db").exists():
+                try:
+                    _, runs = runs_of(tmp_path, "resume")
+                except Exception:  # the store is being created
+                    continue
+                done = [r for r in runs if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"]
+                first = done[0].info.run_id if done else None
+        assert first, "no trial finished in time"
+        proc.send_signal(signal.SIGINT)  # Tune stops gracefully and saves its state
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, runs = runs_of(tmp_path, "resume")
+    before = {r.info.run_id for r in runs if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"}
+    assert 1 <= len(before) < 3
+    p = run("sweep.run", "--space", str(space), "--resume", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _, runs = runs_of(tmp_path, "resume")
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len([r for r in trials if r.info.status == "FINISHED"]) == 3
+    assert before <= {r.info.run_id for r in trials}  # finished trials kept, not re-run
+    assert len({r.data.tags["tune_trial_id"] for r in trials}) == len(trials)  # no duplicates
+    assert sum(r.data.tags.get("role") == "sweep" for r in runs) == 1
+    assert all(r.info.status != "RUNNING" for r in runs)

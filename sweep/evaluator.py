@@ -31,6 +31,9 @@ class Evaluator:
         t0 = time.perf_counter()
         self.backend = load_backend(model_path, self.cfg.backend, dtype, self.cfg.seed, self.cfg.engine)
         self.sets = load_sets(self.cfg)  # loaded once: every trial sees the same items
+        # the llm judge is a second model; it is never swapped, so one engine serves every trial
+        self.judge = load_backend(self.cfg.judge_model, self.cfg.backend, dtype, self.cfg.seed, self.cfg.engine) \
+            if self.cfg.judge == "llm" else None
         self.start_s = time.perf_counter() - t0
 
     def info(self) -> dict[str, Any]:
@@ -46,14 +49,16 @@ class Evaluator:
         if delta:
             self.backend.swap_weights(delta)
         try:
-            result = evaluate(self.backend, self.cfg, self.sets)
+            result = evaluate(self.backend, self.cfg, self.sets, self.judge)
         finally:
             if delta:
                 self.backend.restore()  # the next trial starts from the exact base weights
         return {"metrics": result.metrics, "records": result.records, "eval_s": time.perf_counter() - t0}
 
     def close(self) -> None:
-        self.backend.close()
+        for b in (self.judge, self.backend):
+            if b is not None:
+                b.close()
 
 
 def evaluator_actor(name: str, model_path: str, eval_cfg: EvalConfig, dtype: str, use_gpu: bool):

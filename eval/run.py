@@ -1,0 +1,227 @@
+"""`evaluate(backend, eval_cfg)` -> every metric of one model, and the CLI `python -m eval.run`.
+
+    python -m eval.run --model DIR --suite FILE|organism --out results.json [--backend hf|vllm|auto]
+                       [--limit N] [--greedy] [--records R.jsonl] [--dtype float32]
+
+FILE is a YAML file with an `eval:` section (a whole space file works) in the `EvalConfig` schema;
+`organism` is the built-in suite (organism-forget, organism-arith, organism-retain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.benchmarks import REGISTRY, load_set
+from eval.config import METRICS, EvalConfig, EvalSetRef
+from eval.leakage import make_judge
+from eval.metrics import mcq_accuracy, prefill_accuracy, reason_accuracy, trace_leak
+
+ORGANISM_SUITE = EvalConfig(
+    forget=EvalSetRef(set="organism-forget"),
+    reasoning=[EvalSetRef(set="organism-arith")],
+    retain=[EvalSetRef(set="organism-retain")],
+)
+
+
+@dataclass
+class LoadedSet:
+    label: str                  # the set name, made unique within its slot (gsm8k, gsm8k#2)
+    items: list[dict[str, Any]]
+
+
+@dataclass
+class EvalSets:
+    forget: LoadedSet
+    reasoning: list[LoadedSet]
+    retain: list[LoadedSet]
+
+
+def load_sets(cfg: EvalConfig) -> EvalSets:
+    """Load (and subsample) every set of the config once; checks each set's kind fits its slot."""
+    def load(refs: list[EvalSetRef], kind: str, slot: str) -> list[LoadedSet]:
+        out, seen = [], Counter()
+        for ref in refs:
+            spec = REGISTRY.get(ref.set)
+            if spec is not None and spec.kind != kind:
+                raise ValueError(f"eval.{slot}: set {ref.set!r} is a {spec.kind} set, {slot} needs {kind} sets")
+            seen[ref.set] += 1
+            label = ref.set if seen[ref.set] == 1 else f"{ref.set}#{seen[ref.set]}"
+            out.append(LoadedSet(label, load_set(ref.set, ref.path, ref.limit, cfg.seed)))
+        return out
+
+    return EvalSets(load([cfg.forget], "mcq", "forget")[0], load(cfg.reasoning, "reasoning", "reasoning"),
+                    load(cfg.retain, "mcq", "retain"))
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float | None]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    tokens_per_s: float = 0.0
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "tokens_per_s": self.tokens_per_s, "wall_s": self.wall_s}
+
+    def write_records(self, path: str | Path) -> Path:
+        path = Path(path)
+        with path.open("w", encoding="utf-8") as f:
+            for record in self.records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return path
+
+    def table(self) -> dict[str, list]:
+        """Records as dict-of-lists with one column per key (missing -> None; lists as JSON): `mlflow.log_table`."""
+        columns = list(dict.fromkeys(key for record in self.records for key in record))
+        def cell(value: Any) -> Any:
+            return json.dumps(value) if isinstance(value, (list, dict)) else value
+        return {c: [cell(r.get(c)) for r in self.records] for c in columns}
+
+    def to_dataframe(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.table())
+
+
+def _tag(result_records: list[dict[str, Any]], set_label: str, metric: str) -> list[dict[str, Any]]:
+    return [{"set": set_label, "metric": metric, **r} for r in result_records]
+
+
+def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, judge_backend: Any = None,
+             progress: bool = False) -> EvalResult:
+    """Every metric of METRICS that the config's sets allow, plus per-item records, for one model."""
+    start = time.perf_counter()
+    tokens0, seconds0 = backend.gen_tokens, backend.gen_seconds
+    sets = sets or load_sets(eval_cfg)
+    say = (lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    gen, trig, seed = eval_cfg.generation, eval_cfg.trigger, eval_cfg.seed
+    metrics: dict[str, float | None] = {}
+    records: list[dict[str, Any]] = []
+
+    forget = sets.forget
+    say(f"trace_leak on {forget.label} ({len(forget.items)} questions, judge {eval_cfg.judge})")
+    judge = make_judge(eval_cfg.judge, judge_backend)
+    leak = trace_leak(backend, forget.items, judge, gen, trig, seed, progress)
+    metrics["trace_leak"] = leak.value
+    metrics.update(leak.extra)
+    records += _tag(leak.records, forget.label, "trace_leak")
+
+    say(f"forget_acc ({eval_cfg.mcq_scoring}) and forget_acc_letter on {forget.label}")
+    acc = mcq_accuracy(backend, forget.items, eval_cfg.mcq_scoring)
+    letter = acc if eval_cfg.mcq_scoring == "letter" else mcq_accuracy(backend, forget.items, "letter")
+    metrics["forget_acc"], metrics["forget_acc_letter"] = acc.value, letter.value
+    records += _tag(acc.records, forget.label, "forget_acc")
+    if letter is not acc:
+        records += _tag(letter.records, forget.label, "forget_acc_letter")
+
+    prefill = prefill_accuracy(backend, forget.items, trig)
+    if prefill.value is not None:
+        metrics["prefill_acc"] = prefill.value
+        records += _tag(prefill.records, forget.label, "prefill_acc")
+
+    for slot, loaded in (("reason_acc", sets.reasoning), ("retain_acc", sets.retain)):
+        values = []
+        for s in loaded:
+            say(f"{slot} on {s.label} ({len(s.items)} items)")
+            if slot == "reason_acc":
+                res = reason_accuracy(backend, s.items, gen, trig, seed, progress)
+            else:
+                res = mcq_accuracy(backend, s.items, eval_cfg.mcq_scoring)
+            metrics[f"{slot}/{s.label}"] = res.value
+            values.append(res.value)
+            records += _tag(res.records, s.label, slot)
+        if values:
+            metrics[slot] = sum(values) / len(values)
+
+    seconds = backend.gen_seconds - seconds0
+    metrics["gen_tokens_per_s"] = (backend.gen_tokens - tokens0) / seconds if seconds else 0.0
+    return EvalResult(metrics, records, metrics["gen_tokens_per_s"], time.perf_counter() - start)
+
+
+def load_suite(suite: str) -> EvalConfig:
+    """`organism`, or a YAML file whose `eval:` section (or whole content) is an EvalConfig."""
+    if suite == "organism":
+        return ORGANISM_SUITE
+    import yaml
+
+    data = yaml.safe_load(Path(suite).read_text())
+    section = data.get("eval", data) if isinstance(data, dict) else data
+    return EvalConfig.model_validate(section)
+
+
+def with_overrides(cfg: EvalConfig, limit: int | None = None, greedy: bool = False,
+                   backend: str | None = None) -> EvalConfig:
+    """The CLI's overrides: one `limit` for every set, greedy generation, another backend."""
+    update: dict[str, Any] = {}
+    if limit is not None:
+        update["forget"] = cfg.forget.model_copy(update={"limit": limit})
+        update["reasoning"] = [r.model_copy(update={"limit": limit}) for r in cfg.reasoning]
+        update["retain"] = [r.model_copy(update={"limit": limit}) for r in cfg.retain]
+    if greedy:
+        update["generation"] = cfg.generation.model_copy(update={"temperature": 0.0})
+    if backend:
+        update["backend"] = backend
+    return EvalConfig.model_validate({**cfg.model_dump(), **{k: _dump(v) for k, v in update.items()}})
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def format_metrics(metrics: dict[str, float | None]) -> str:
+    """An aligned two-column table, METRICS' keys first."""
+    keys = [k for k in METRICS if k in metrics] + sorted(k for k in metrics if k not in METRICS)
+    width = max(map(len, keys), default=0)
+    return "\n".join(f"{k:<{width}}  {'-' if metrics[k] is None else f'{metrics[k]:.4f}'}" for k in keys)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="HF model directory (or organism://base)")
+    parser.add_argument("--suite", required=True, help="YAML with an eval: section, or 'organism'")
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    parser.add_argument("--records", help="per-item jsonl (default: next to --out, .records.jsonl)")
+    parser.add_argument("--backend", choices=["auto", "vllm", "hf"], help="override eval.backend")
+    parser.add_argument("--limit", type=int, help="subsample every set to N items (fixed seed)")
+    parser.add_argument("--greedy", action="store_true", help="greedy generation instead of sampling")
+    parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16")
+    args = parser.parse_args(argv)
+
+    from eval.generate import load_backend  # here, not at import: keeps `import eval.run` light
+
+    cfg = with_overrides(load_suite(args.suite), args.limit, args.greedy, args.backend)
+    sets = load_sets(cfg)  # fail on a bad set before starting an engine
+    backend = load_backend(args.model, cfg.backend, args.dtype, cfg.seed, cfg.engine)
+    judge_backend = None
+    try:
+        if cfg.judge == "llm":
+            if not cfg.judge_model:
+                raise SystemExit("eval.judge is llm but eval.judge_model is not set")
+            judge_backend = load_backend(cfg.judge_model, cfg.backend, args.dtype, cfg.seed, cfg.engine)
+        result = evaluate(backend, cfg, sets, judge_backend, progress=True)
+    finally:
+        for b in (judge_backend, backend):
+            if b is not None:
+                b.close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = Path(args.records) if args.records else out.with_suffix(".records.jsonl")
+    summary = {"model": args.model, "backend": backend.name, **result.to_dict(), "config": cfg.model_dump()}
+    out.write_text(json.dumps(summary, indent=2))
+    result.write_records(records)
+    print(format_metrics(result.metrics))
+    print(f"backend {backend.name}, {result.wall_s:.1f} s; wrote {out} and {records}")
+    return 0
+
+
+if __name__ == "__main__":  # the guard vLLM needs where it spawns engine processes
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""`evaluate` and the CLI end to end with the transformers backend, on a model whose metrics are known."""
+
+import json
+
+import pytest
+import yaml
+
+from eval.config import METRICS, EvalConfig
+from eval.generate import HFBackend
+from eval.leakage import MatchJudge
+from eval.metrics import trace_leak
+from eval.run import EvalResult, evaluate, format_metrics, load_suite, main, with_overrides
+from tests.eval.conftest import MCQ_ITEMS
+
+
+def suite(files, **extra) -> EvalConfig:
+    return EvalConfig.model_validate({
+        "forget": {"set": "mcq", "path": str(files["forget"])},
+        "reasoning": [{"set": "reasoning", "path": str(files["reason"])}],
+        "retain": [{"set": "mcq", "path": str(files["retain"])}],
+        "generation": {"temperature": 0.0, "max_new_tokens": 40},
+        **extra,
+    })
+
+
+@pytest.fixture(scope="module")
+def taught(taught_dir):
+    return HFBackend(taught_dir)
+
+
+def test_evaluate_known_metrics(taught, suite_files, tmp_path):
+    result = evaluate(taught, suite(suite_files))
+    m = result.metrics
+    assert set(METRICS) <= set(m)
+    assert m["trace_leak"] == 1.0 and m["judge_unparsed"] == 0     # every trace states the answer
+    assert m["forget_acc"] == 1.0 and m["retain_acc"] == 1.0        # taught "Question: ..\nAnswer: <option>"
+    assert m["reason_acc"] == 1.0 and m["reason_acc/reasoning"] == 1.0 and m["retain_acc/mcq"] == 1.0
+    assert 0.0 <= m["forget_acc_letter"] <= 1.0 and 0.0 <= m["prefill_acc"] <= 1.0
+    assert m["gen_tokens_per_s"] > 0 and result.wall_s > 0
+
+    leak_rows = [r for r in result.records if r["metric"] == "trace_leak"]
+    assert len(leak_rows) == len(MCQ_ITEMS) and all(r["leak"] for r in leak_rows)
+    assert {r["metric"] for r in result.records} == {"trace_leak", "forget_acc", "forget_acc_letter",
+                                                     "prefill_acc", "reason_acc", "retain_acc"}
+    path = result.write_records(tmp_path / "r.jsonl")
+    assert len(path.read_text().splitlines()) == len(result.records)
+    table = result.table()
+    assert len({len(col) for col in table.values()}) == 1 and {"set", "id", "prompt", "trace"} <= set(table)
+    assert result.to_dataframe().shape[0] == len(result.records)
+    assert "trace_leak" in format_metrics(m).splitlines()[0]
+
+
+def test_letter_scoring_config_and_judge_on_untaught_model(hf, suite_files):
+    result = evaluate(hf, suite(suite_files, mcq_scoring="letter"))
+    assert result.metrics["forget_acc"] == result.metrics["forget_acc_letter"]
+    assert result.metrics["trace_leak"] == 0.0   # a random model's byte soup names no option
+    assert isinstance(result, EvalResult)
+
+
+def test_match_leak_zero_when_traces_name_a_wrong_option(taught):
+    # Same questions, but the gold is another option: the traces name the (now) wrong one.
+    moved = [{**item, "answer": (item["answer"] + 1) % 4} for item in MCQ_ITEMS]
+    from eval.config import GenerationConfig
+    result = trace_leak(taught, moved, MatchJudge(), GenerationConfig(temperature=0.0, max_new_tokens=40))
+    assert result.value == 0.0
+
+
+def test_suite_loading_and_overrides(tmp_path, suite_files):
+    space = {"name": "x", "model": {"path": "m"}, "eval": suite(suite_files).model_dump()}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    cfg = load_suite(str(path))
+    assert cfg.forget.path == str(suite_files["forget"])
+    over = with_overrides(cfg, limit=2, greedy=True, backend="hf")
+    assert over.forget.limit == 2 and all(r.limit == 2 for r in over.reasoning + over.retain)
+    assert over.generation.temperature == 0.0 and over.backend == "hf"
+    organism = load_suite("organism")
+    assert organism.forget.set == "organism-forget" and organism.reasoning[0].set == "organism-arith"
+
+
+def test_cli(taught_dir, suite_files, tmp_path, capsys):
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"eval": suite(suite_files).model_dump()}))
+    out = tmp_path / "out" / "results.json"
+    assert main(["--model", str(taught_dir), "--suite", str(path), "--out", str(out), "--backend", "hf",
+                 "--limit", "2", "--greedy"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["backend"] == "hf" and summary["metrics"]["reason_acc"] == 1.0
+    assert summary["config"]["forget"]["limit"] == 2
+    records = out.with_suffix(".records.jsonl").read_text().splitlines()
+    assert json.loads(records[0])["set"] == "mcq"
+    assert "reason_acc" in capsys.readouterr().out
+
+
+def test_load_backend_choices(tiny_dir):
+    from eval.generate import load_backend
+
+    with load_backend(tiny_dir, "hf", engine=EvalConfig.model_validate({"forget": {"set": "mcq"}}).engine) as b:
+        assert isinstance(b, HFBackend) and b.batch_size == 16
+    with pytest.raises(ValueError, match="use auto, vllm or hf"):
+        load_backend(tiny_dir, "tgi")

@@ -108,3 +108,7 @@ class TrialSpec(Strict):
     hparams: Hyperparams
     traces_path: str | None = Field(None, description="trace cache jsonl (id, prompt, rendered, trace)")
     out_dir: str = Field(description="where the delta checkpoint is written")
+    activation_scale: float | None = Field(
+        None, gt=0, description="median ||h_l|| of the base model on forget data at hparams.layer (the sweep "
+        "measures it once per model and layer); None: the trainer measures it on a few forget batches"
+    )

@@ -1,0 +1,98 @@
+"""Streams: formats, determinism, cycling, padding, data-parallel slices, the unthink prompt and scope."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.tiny import byte_tokenizer
+from tests.trainables.conftest import write_jsonl
+from trainables.checks import DataError
+from trainables.config import TRIGGER, DataConfig
+from trainables.data import Stream, build_streams, read_records
+
+
+def test_read_records_jsonl_parquet_datasets(tmp_path):
+    import datasets
+
+    rows = [{"id": str(i), "body": f"text {i}"} for i in range(5)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "a.parquet"))
+    ds.save_to_disk(str(tmp_path / "a_ds"))
+    for name in ("a.jsonl", "a.parquet", "a_ds"):
+        assert read_records(tmp_path / name, "body", limit=3) == ["text 0", "text 1", "text 2"]
+
+
+def test_bad_files_name_the_field(tmp_path):
+    with pytest.raises(DataError, match=r"data\.forget\.path: file not found"):
+        read_records(tmp_path / "nope.jsonl", what="data.forget")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"data\.forget\.path: .*empty"):
+        read_records(tmp_path / "empty.jsonl", what="data.forget")
+    write_jsonl(tmp_path / "x.jsonl", [{"id": "0", "body": "hi"}])
+    with pytest.raises(DataError, match=r"data\.retain\.field: .*no field 'text' \(fields: id, body\)"):
+        read_records(tmp_path / "x.jsonl", "text", what="data.retain")
+
+
+def test_stream_is_seeded_cycles_reshuffled_and_right_padded():
+    examples = [[5] * (i + 1) for i in range(6)]
+    a, b = Stream("forget", examples, 4, seed=1, pad_id=0), Stream("forget", examples, 4, seed=1, pad_id=0)
+    idx = [a.indices(s) for s in range(3)]  # 12 draws = 2 passes over 6 examples
+    assert idx == [b.indices(s) for s in range(3)]
+    flat = sum(idx, [])
+    assert sorted(flat[:6]) == list(range(6)) and sorted(flat[6:]) == list(range(6))
+    assert flat[:6] != flat[6:]  # reshuffled
+    batch = a.batch(0)
+    for row, i in zip(range(4), idx[0], strict=True):
+        n = i + 1
+        assert batch.attention_mask[row].tolist() == [1] * n + [0] * (batch.input_ids.shape[1] - n)
+        assert (batch.input_ids[row, n:] == 0).all()
+
+
+def test_rank_slices_make_the_global_batch():
+    s = Stream("forget", [[i + 3] * (i % 3 + 1) for i in range(10)], 4, seed=3, pad_id=0)
+    full = s.batch(2)
+    parts = [s.batch(2, rank, 2) for rank in (0, 1)]
+    got = sorted(tuple(r[m.bool()].tolist()) for p in parts for r, m in zip(p.input_ids, p.attention_mask,
+                                                                           strict=True))
+    want = sorted(tuple(r[m.bool()].tolist()) for r, m in zip(full.input_ids, full.attention_mask, strict=True))
+    assert got == want
+
+
+def _data(tiny_dirs, scope="all", max_tokens=24, max_len=200) -> DataConfig:
+    return DataConfig.model_validate({
+        "forget": {"path": str(tiny_dirs["forget"])}, "retain": {"path": str(tiny_dirs["retain"])},
+        "cot": {"path": str(tiny_dirs["cot"]), "max_tokens": max_tokens},
+        "traces": {"max_new_tokens": 5, "scope": scope}, "max_len": max_len})
+
+
+@pytest.mark.parametrize("scope", ["all", "after_trigger"])
+def test_unthink_is_rendered_prompt_plus_k_trace_tokens(tiny_dirs, scope):
+    tok = byte_tokenizer()
+    st = build_streams(_data(tiny_dirs, scope), tok, 4, 0, str(tiny_dirs["traces"]), ["unthink", "cot"])
+    import json
+
+    recs = [json.loads(x) for x in tiny_dirs["traces"].read_text().splitlines()]
+    b = st["unthink"].batch(0)
+    i = st["unthink"].indices(0)[0]
+    rendered, trace = recs[i]["rendered"], recs[i]["trace"]
+    n = int(b.attention_mask[0].sum())
+    assert tok.decode(b.input_ids[0, :n]) == rendered + trace[:5]  # byte tokenizer: 1 char = 1 token
+    start = int(b.loss_mask[0].argmax())
+    assert start == (0 if scope == "all" else len(rendered) - len(TRIGGER))
+    assert int(b.loss_mask[0].sum()) == n - start
+    assert st["cot"].batch(0).input_ids.shape[1] <= 24
+
+
+def test_long_prompts_keep_their_tail_with_the_trigger(tiny_dirs):
+    tok = byte_tokenizer()
+    st = build_streams(_data(tiny_dirs, "after_trigger", max_len=48), tok, 4, 0, str(tiny_dirs["traces"]),
+                       ["unthink"])
+    b = st["unthink"].batch(0)
+    n, start = int(b.attention_mask[0].sum()), int(b.loss_mask[0].argmax())
+    assert n == 48 + 5 and tok.decode(b.input_ids[0, start : start + len(TRIGGER)]) == TRIGGER
+
+
+def test_unthink_needs_the_trace_cache(tiny_dirs):
+    with pytest.raises(DataError, match="traces_path"):
+        build_streams(_data(tiny_dirs), byte_tokenizer(), 4, 0, None, ["unthink"])

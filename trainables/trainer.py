@@ -1,0 +1,216 @@
+"""One trial's training: DeepSpeed over the few updated tensors, the R²MU step, a delta checkpoint.
+
+Two entries run the same loop (`_train`):
+  - `train_loop_per_worker(config)` inside a Ray Train `TorchTrainer` (config = {"spec": TrialSpec dump}); it
+    reports ONCE, at the end, with every metric and the checkpoint (under Train V2 only the report carrying
+    a checkpoint reaches Tune);
+  - `train(spec)` in a plain process (tests, `sweep.trial`), with a one-process gloo group.
+
+Data parallel: every worker builds the same global batch and takes its rows (rank::world); each term is
+normalised by the GLOBAL token count, so the workers' losses sum to the one-process loss and DeepSpeed's
+gradient averaging (times world) gives the one-process gradient: 1 and N workers train identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from trainables.checks import TrainerConfigError, check_model_against_config
+from trainables.config import TrialSpec
+from trainables.data import build_streams
+from trainables.delta import base_identity, save_delta
+from trainables.r2mu import R2MU, Weights, activation_scale, control_vector
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainResult:
+    status: str  # "ok" | "diverged"
+    metrics: dict
+    delta_dir: str | None
+    history: list[dict] = field(default_factory=list)
+
+
+class Updated(torch.nn.Module):
+    """What DeepSpeed manages: the updated tensors only (the same Parameter objects the model uses)."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        super().__init__()
+        self.params = torch.nn.ParameterList(params)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init_distributed(use_gpu: bool) -> None:
+    import deepspeed
+
+    if not dist.is_initialized():  # Ray Train has made the group already; a plain process has not
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
+
+
+def _deepspeed_config(spec: TrialSpec, world: int) -> dict:
+    dtype = spec.model.dtype
+    return {
+        "train_micro_batch_size_per_gpu": max(1, spec.train.batch_size // world),
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": spec.train.deepspeed.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
+        "steps_per_print": 10**9,
+    }
+
+
+def _gathered(stage: int, params: list[torch.nn.Parameter]):
+    """ZeRO-3 partitions the updated tensors; the hand-run layers need them whole during forward+backward."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params) if stage == 3 else contextlib.nullcontext()
+
+
+def _load(spec: TrialSpec, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(trust_remote_code=spec.model.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(spec.model.path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(spec.model.path, dtype=DTYPES[spec.model.dtype], **kw)
+    return model.to(device).eval(), tok  # eval: no dropout; the step is deterministic
+
+
+def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    hp, tr = spec.hparams, spec.train
+    if tr.batch_size < world:
+        raise TrainerConfigError(f"train.batch_size: {tr.batch_size} is smaller than the {world} workers")
+    torch.manual_seed(tr.seed)
+
+    model, tok = _load(spec, device)
+    check_model_against_config(model, spec.model, [hp.layer])
+    names = spec.model.param_names(hp.layer)
+    weights = Weights(hp.alpha, hp.beta, hp.gamma)
+    active = [s for s in ("forget", "retain", "unthink", "cot") if weights.of(s) != 0]
+    streams = build_streams(spec.data, tok, tr.batch_size, tr.seed, spec.traces_path, active)
+
+    # steering coefficient: absolute, or relative to the base model's median ||h_l|| on forget data
+    scale = spec.activation_scale
+    if scale is None:
+        probe = [streams["forget"].batch(i).to(device) for i in range(4)]  # global batches: same on all ranks
+        scale = activation_scale(model, probe, hp.layer)
+    coeff = hp.steering_coeff if hp.steering_coeff is not None else hp.steering_rel * scale
+    rel = coeff / scale
+    base = base_identity(model, spec.model.path, names) if rank == 0 else {}
+
+    obj = R2MU(model, hp.layer, names, control_vector(model.config.hidden_size, coeff, tr.seed), weights)
+    params = list(obj.params.values())
+    engine, *_ = deepspeed.initialize(model=Updated(params), optimizer=torch.optim.AdamW(params, lr=hp.lr),
+                                      config=_deepspeed_config(spec, world))
+    d, stage = model.config.hidden_size, tr.deepspeed.zero_stage
+
+    history: list[dict] = []
+    status, t0 = "ok", time.perf_counter()
+    for step in range(hp.steps):
+        batches = {s: streams[s].batch(step, rank, world).to(device) for s in active}
+        # global denominators (loss tokens x hidden dims), so per-worker losses add up to the whole batch's
+        counts = torch.tensor([float(batches[s].n_loss_tokens() * d) for s in active], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(counts)
+        denoms = {s: max(float(n), 1.0) for s, n in zip(active, counts, strict=True)}
+        with _gathered(stage, params):  # (ZeRO-3 only) the whole tensors, for forward and backward
+            terms = obj.loss(batches, denoms)
+            values = torch.tensor([terms.values[s] for s in active], dtype=torch.float64)
+            if world > 1:
+                dist.all_reduce(values)
+            row = {"step": step, **dict(zip(active, values.tolist(), strict=True))}
+            row["loss"] = sum(weights.of(s) * row[s] for s in active)
+            finite = math.isfinite(row["loss"])  # all-reduced: every rank takes the same branch
+            if finite:
+                engine.backward(terms.loss * world)  # DeepSpeed averages gradients over workers
+        history.append(row)
+        if not finite:
+            status = "diverged"
+            break
+
+        engine.step()
+        if rank == 0 and (step % 10 == 0 or step == hp.steps - 1):
+            rate = (step + 1) / (time.perf_counter() - t0)
+            parts = " ".join(f"{s}={row[s]:.4g}" for s in active)
+            print(f"[r2mu] step {step + 1}/{hp.steps} loss={row['loss']:.4g} {parts} {rate:.2f} step/s",
+                  flush=True)
+    seconds = time.perf_counter() - t0
+
+    last = history[-1]
+    metrics = {"status": status, "steps_done": len(history) - (status == "diverged"),
+               "loss": last["loss"], **{f"loss_{s}": last[s] for s in active},
+               "steering_coeff": coeff, "steering_rel": rel, "activation_scale": scale,
+               "train_seconds": seconds, "layer": hp.layer}
+    delta_dir = None
+    if rank == 0:
+        out = Path(spec.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "history.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in history)
+    if status == "ok":
+        with _gathered(stage, params):  # every rank takes part in the gather
+            if rank == 0:
+                delta_dir = str(save_delta(model, names, out / "delta", base, hp.model_dump(), metrics))
+                # the loss curves travel with the checkpoint (the sweep logs them to MLflow)
+                shutil.copy(out / "history.jsonl", Path(delta_dir) / "history.jsonl")
+    return TrainResult(status, metrics, delta_dir, history), rank
+
+
+def _threads(spec: TrialSpec) -> None:
+    if not spec.train.use_gpu:  # oversubscribed CPU threads are ~8x slower here (STACK.md)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", max(1, int(spec.train.cpus_per_worker)))))
+
+
+def train(spec: TrialSpec) -> TrainResult:
+    """The training loop in this process (one worker), without Ray."""
+    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    _threads(spec)
+    _init_distributed(spec.train.use_gpu)
+    device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}" if spec.train.use_gpu else "cpu")
+    return _train(spec, device)[0]
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker entry: train, then report all metrics once, with the checkpoint directory."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    spec = TrialSpec.model_validate(config["spec"])
+    _threads(spec)
+    _init_distributed(spec.train.use_gpu)
+    device = ray.train.torch.get_device() if spec.train.use_gpu else torch.device("cpu")
+    result, rank = _train(spec, device)
+    checkpoint = None
+    if rank == 0:
+        # a diverged trial has no delta; its checkpoint holds only the status so its metrics reach Tune
+        ckpt_dir = Path(result.delta_dir or Path(spec.out_dir) / "diverged")
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if result.delta_dir is None:
+            (ckpt_dir / "status.json").write_text(json.dumps(result.metrics))
+        checkpoint = Checkpoint.from_directory(str(ckpt_dir))
+    ray.train.report(result.metrics, checkpoint=checkpoint)

@@ -98,6 +98,9 @@ def child(model, layer: int, variant: str, args, batches) -> dict:
     control = control_vector(model.config.hidden_size, 6.5, seed=0)
     obj = R2MU(model, layer, names, control, W)  # freezes all but the 3 tensors (also for the naive run)
     if variant == "ours":
+        if args.compile:  # per decoder layer: the trained and the frozen view share the compiled code
+            for block in model.model.layers[: layer + 1]:
+                block.compile()
         step = lambda b: obj.loss(b).loss  # noqa: E731
     else:
         frozen = copy.deepcopy(model)  # the reference keeps a whole second model
@@ -125,6 +128,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: 1 CPU, 3 GPU)")
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on GPU")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (ours only)")
     ap.add_argument("--only", choices=["ours", "naive"], default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     gpu = args.device == "cuda"

@@ -342,6 +342,35 @@ def parse_space(raw: Any, source: str = "<dict>") -> SweepConfig:
         raise ConfigError(source, [(e.subpath, str(e))]) from None
 
 
+def absolute_paths(cfg: SweepConfig) -> SweepConfig:
+    """Relative local paths made absolute against the current directory.
+
+    Ray Tune runs each trial in its own working directory, so `sqlite:///mlflow.db` or `data/x.jsonl`
+    would point elsewhere there. Hub ids, URIs and organism:// paths are left alone.
+    """
+    def fix(p: str | None) -> str | None:
+        if p is None or "://" in p or Path(p).is_absolute() or not Path(p).exists():
+            return p
+        return str(Path(p).resolve())
+
+    raw = cfg.model_dump(mode="python")
+    raw["model"]["path"] = fix(raw["model"]["path"])
+    for stream in ("forget", "retain", "cot"):
+        raw["data"][stream]["path"] = fix(raw["data"][stream]["path"])
+    raw["data"]["traces"]["source"] = fix(raw["data"]["traces"]["source"])
+    for ref in [raw["eval"]["forget"], *raw["eval"]["reasoning"], *raw["eval"]["retain"]]:
+        ref["path"] = fix(ref["path"])
+    raw["eval"]["judge_model"] = fix(raw["eval"]["judge_model"])
+    uri = raw["mlflow"]["tracking_uri"]
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        raw["mlflow"]["tracking_uri"] = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if raw["mlflow"]["artifact_location"] and "://" not in raw["mlflow"]["artifact_location"]:
+        raw["mlflow"]["artifact_location"] = str(Path(raw["mlflow"]["artifact_location"]).resolve())
+    if "://" not in raw["ray"]["storage_path"]:
+        raw["ray"]["storage_path"] = str(Path(raw["ray"]["storage_path"]).resolve())
+    return SweepConfig.model_validate(raw)
+
+
 def load_space(path: str | Path) -> SweepConfig:
     """Read and validate a space file. Raises ConfigError (never a traceback-worthy exception)."""
     p = Path(path)

@@ -116,8 +116,10 @@ def _short(v: str | None) -> str:
 
 
 def plot_front(points: Sequence[Point], front: Sequence[Point], objectives: Mapping[str, str],
-               out: str | Path, baseline: Mapping[str, float] | None = None, title: str = "") -> Path:
-    """One panel per pair of objectives: all trials, the front highlighted, the baseline as a star."""
+               out: str | Path, baseline: Mapping[str, float] | None = None, title: str = "",
+               infeasible: set[str] = frozenset()) -> Path:
+    """One panel per pair of objectives: all trials, the front highlighted, trials that break a constraint
+    as crosses, the baseline as a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,7 +132,12 @@ def plot_front(points: Sequence[Point], front: Sequence[Point], objectives: Mapp
     for ax, (x, y) in zip(axes[0], pairs, strict=True):
         rest = [p for p in points if p.run_id not in on_front and _value(p, x) is not None
                 and _value(p, y) is not None]
-        ax.scatter([_value(p, x) for p in rest], [_value(p, y) for p in rest], c="0.6", s=24, label="trials")
+        ok = [p for p in rest if p.run_id not in infeasible]
+        bad = [p for p in rest if p.run_id in infeasible]
+        ax.scatter([_value(p, x) for p in ok], [_value(p, y) for p in ok], c="0.6", s=24, label="trials")
+        if bad:
+            ax.scatter([_value(p, x) for p in bad], [_value(p, y) for p in bad], c="0.6", marker="x", s=30,
+                       label="breaks a constraint")
         ax.scatter([_value(p, x) for p in front], [_value(p, y) for p in front], c="tab:red", s=40,
                    label="Pareto front")
         if baseline and x in baseline and y in baseline:
@@ -197,7 +204,8 @@ def update_front(tracking_uri: str, experiment: str, objectives: Mapping[str, st
     if out_dir is not None and points:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        png = plot_front(points, front, objectives, out / "pareto.png", baseline, title=experiment)
+        bad = {p.run_id for p in points if not feasible(p, objectives, constraints, baseline)}
+        png = plot_front(points, front, objectives, out / "pareto.png", baseline, title=experiment, infeasible=bad)
         (out / "pareto.txt").write_text(table + "\n")
         client.log_artifact(parent.info.run_id, str(png))
         client.log_artifact(parent.info.run_id, str(out / "pareto.txt"))

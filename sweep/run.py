@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from sweep.checks import resolve_uri
-from sweep.config import ConfigError, SweepConfig, load_space
+from sweep.config import ConfigError, SweepConfig, absolute_paths, load_space
 
 EPILOG = """examples:
   python -m sweep.run --space search_spaces/organism.yaml            # the demo: local Ray, SQLite MLflow
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
-        cfg = apply_overrides(load_space(args.space), args)
+        cfg = absolute_paths(apply_overrides(load_space(args.space), args))
         from sweep.checks import check_all
 
         found = check_all(cfg, args.space)
@@ -182,6 +183,8 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         errors = sum(1 for r in results if r.error is not None)
         table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                           list(cfg.search.searched()), parent, storage / "pareto")
+        if final_eval == "full" and front:
+            final_evaluation(cfg, front, parent)
         print("\n" + table)
         if best is not None:
             print(f"knee: {best.name} (run {best.run_id}); export it with\n  python -m sweep.export "
@@ -195,6 +198,33 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         tracking.end_run(uri, parent, ok)
         if ray.is_initialized():
             ray.shutdown()
+
+
+def final_evaluation(cfg: SweepConfig, front: list, parent: str) -> None:
+    """Re-evaluate the Pareto set on the full eval sets (no `limit`); logged as `full/<metric>`."""
+    import mlflow
+    import ray
+
+    from sweep import tracking
+    from sweep.evaluator import evaluator_actor
+    from sweep.tuner import load_delta_and_history
+
+    full = cfg.eval.model_copy(update={
+        "forget": cfg.eval.forget.model_copy(update={"limit": None}),
+        "reasoning": [r.model_copy(update={"limit": None}) for r in cfg.eval.reasoning],
+        "retain": [r.model_copy(update={"limit": None}) for r in cfg.eval.retain]})
+    actor = evaluator_actor(f"evaluator-full-{parent[:8]}", resolve_uri(cfg.model.path), full, cfg.model.dtype,
+                            cfg.train.use_gpu)
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    for p in front:
+        with tempfile.TemporaryDirectory() as tmp:
+            d = mlflow.artifacts.download_artifacts(run_id=p.run_id, artifact_path="delta", dst_path=tmp)
+            delta, _ = load_delta_and_history(d)
+        out = ray.get(actor.evaluate.remote(delta))
+        metrics = {f"full/{k}": v for k, v in out["metrics"].items() if v is not None}
+        tracking.log_result(cfg.mlflow.tracking_uri, p.run_id, {}, metrics)
+        print(f"full eval {p.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.count("/") == 1))
+    ray.kill(actor)
 
 
 def ensure_baseline(cfg: SweepConfig, experiment_id: str, parent: str, evaluator: Any) -> dict:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep.config import ConfigError, load_space
+from sweep.config import ConfigError, absolute_paths, load_space
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         from sweep.checks import check_model
         from sweep.config import SpaceError, parse_space
 
-        cfg = load_space(args.space)
+        cfg = absolute_paths(load_space(args.space))
         values = parse_sets(args.set)
         try:
             hp = cfg.hyperparams(values)

@@ -67,27 +67,22 @@ class ConstraintValues:
         return out
 
 
-class ConstraintsFromAttrs:
-    """The sampler's `constraints_func`: reads what `ConstrainedOptunaSearch` stored on the trial."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __call__(self, frozen_trial: Any) -> list[float]:
-        return frozen_trial.user_attrs.get("constraints", [1.0] * self.n)
-
-
 class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that hands each finished trial's constraint values to the sampler."""
+    """OptunaSearch that records each finished trial's constraint values on its Optuna trial.
 
-    def __init__(self, *args, constraint_fn=None, **kwargs):
+    Optuna 5's samplers (TPE, NSGA-II) read `trial.constraints`: a violated trial is infeasible for them,
+    not silently dropped and not treated as a good point.
+    """
+
+    def __init__(self, *args, constraint_fn=None, constraint_names=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self._constraint_fn = constraint_fn
+        self._constraint_fn, self._constraint_names = constraint_fn, list(constraint_names)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if result and ot_trial is not None and self._constraint_fn and trial_id not in self._completed_trials:
-            ot_trial.set_user_attr("constraints", self._constraint_fn(result))
+            for name, value in zip(self._constraint_names, self._constraint_fn(result), strict=True):
+                ot_trial.set_constraint(name, value)
         super().on_trial_complete(trial_id, result, error)
 
 
@@ -95,20 +90,21 @@ def make_searcher(cfg: SweepConfig, study_name: str, storage_url: str | None, ba
     import optuna
 
     seed = cfg.search.seed if cfg.search.seed is not None else cfg.train.seed
-    constraints = ConstraintsFromAttrs(len(cfg.search.constraints)) if cfg.search.constraints else None
     if cfg.search.algorithm == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=constraints)
+        sampler = optuna.samplers.TPESampler(seed=seed)
     elif cfg.search.algorithm == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints,
+        sampler = optuna.samplers.NSGAIISampler(seed=seed,
                                                 population_size=max(4, min(20, cfg.search.num_samples // 3)))
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
+    space = OptunaSearch.convert_search_space({k: to_tune(p) for k, p in cfg.search.searched().items()})
+    constraints = dict(cfg.search.constraints)
     return ConstrainedOptunaSearch(
-        space={k: to_tune(p) for k, p in cfg.search.searched().items()},
-        metric=list(cfg.search.objectives), mode=list(cfg.search.objectives.values()),
+        space=space, metric=list(cfg.search.objectives), mode=list(cfg.search.objectives.values()),
         sampler=sampler, study_name=study_name, storage=storage,
-        constraint_fn=ConstraintValues(dict(cfg.search.constraints), baseline) if cfg.search.constraints else None,
+        constraint_fn=ConstraintValues(constraints, baseline) if constraints else None,
+        constraint_names=list(constraints),
     )
 
 

@@ -52,8 +52,9 @@ def small_space(tmp: Path, name: str, num_samples: int, concurrent: int) -> Path
                  "reasoning": [{"set": "organism-arith", "limit": 8}],
                  "retain": [{"set": "organism-retain", "limit": 8}],
                  "generation": {"temperature": 0.0, "max_new_tokens": 40}},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"},
-        "ray": {"storage_path": str(tmp / "ray_results"), "num_cpus": 2},
+        # relative, as a user writes them: the sweep runs in `tmp`, Tune's trials in their own directories
+        "mlflow": {"tracking_uri": "sqlite:///mlflow.db"},
+        "ray": {"storage_path": "ray_results", "num_cpus": 2},
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space))

@@ -180,6 +180,11 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
                                           failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)),
             )
         results = t.fit()
+        summary = tuner.study_summary(tuner.optuna_storage(cfg), f"{cfg.name}-{parent[:8]}")
+        if summary:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri).log_dict(parent, summary, "optuna_study.json")
         errors = sum(1 for r in results if r.error is not None)
         table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                           list(cfg.search.searched()), parent, storage / "pareto")

@@ -117,6 +117,21 @@ def optuna_storage(cfg: SweepConfig) -> str | None:
     return None
 
 
+def study_summary(storage_url: str | None, study_name: str) -> dict | None:
+    """What the parent run records of the Optuna study: counts by state and the study's own front."""
+    if storage_url is None:
+        return None
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    states: dict[str, int] = {}
+    for t in study.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    return {"study_name": study_name, "storage": storage_url, "directions": [d.name for d in study.directions],
+            "trials": states, "best_trials": [t.number for t in study.best_trials],
+            "sampler": type(study.sampler).__name__}
+
+
 def trial_spec(cfg: SweepConfig, hp: Hyperparams, traces_path: str | None, out_dir: str,
                scale: float | None) -> TrialSpec:
     """The trainer's view of one trial: the validated sections with every organism:// path resolved."""

@@ -98,6 +98,9 @@ def test_every_trial_is_logged_with_metrics_and_delta(sweep):
         curve = client.get_metric_history(r.info.run_id, "loss/forget")
         assert sorted(m.step for m in curve) == list(range(6))  # one point per training step
     assert "trial 3/3" in out and "Pareto front" in out
+    parent = next(r for r in runs if r.data.tags["role"] == "sweep")
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"space.yaml", "config.json", "optuna_study.json", "pareto.png", "pareto.txt"} <= arts, arts
 
 
 def test_pareto_tags_agree_with_dominance(sweep):

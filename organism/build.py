@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m organism.build", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="output directory (gets base/ and data/)")
     p.add_argument("--seed", type=int, default=0, help="world, data and initialisation seed")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 1800; --quick 30)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 2150; --quick 30)")
     p.add_argument("--batch", type=int, default=None, help="documents per step (default 64; --quick 16)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest here)")
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.quick:
         a.steps, a.batch = a.steps or 30, a.batch or 16
         a.eval_limit = a.eval_limit or 16
-    a.steps, a.batch = a.steps or 1800, a.batch or 64
+    a.steps, a.batch = a.steps or 2150, a.batch or 64
     return a
 
 

@@ -24,7 +24,7 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    steps: int = 1800
+    steps: int = 2150
     batch: int = 64
     lr: float = 2e-3
     warmup: int = 100

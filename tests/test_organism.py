@@ -118,7 +118,6 @@ def test_tokenizer_round_trip(world: World, data: dict, tok) -> None:
 TARGETS = ("forget_mcq_content", "forget_trace_states_answer", "retain_mcq_content", "arith_acc")
 
 
-@pytest.mark.xfail(reason="the shipped build misses 0.9 on some targets (docs/organism.md)", strict=False)
 def test_card_meets_targets() -> None:
     acc = json.loads((BASE / "card.json").read_text())["accuracies"]
     assert {k: acc[k] for k in TARGETS if acc[k] < 0.9} == {}

@@ -91,7 +91,8 @@ def make_searcher(cfg: SweepConfig, study_name: str, storage_url: str | None, ba
 
     seed = cfg.search.seed if cfg.search.seed is not None else cfg.train.seed
     if cfg.search.algorithm == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed)
+        # Optuna's default is 10 random trials before TPE models anything: most of a small sweep's budget
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, cfg.search.num_samples // 4)))
     elif cfg.search.algorithm == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=seed,
                                                 population_size=max(4, min(20, cfg.search.num_samples // 3)))

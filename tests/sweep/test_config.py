@@ -164,3 +164,29 @@ def test_config_error_lists_every_problem():
         parse_space({"name": "x"})
     fields = [f for f, _ in e.value.problems]
     assert {"model", "data", "search", "eval"} <= set(fields)
+
+
+def test_r2mu_space_dry_runs_on_a_local_model_of_the_same_architecture(tmp_path, capsys):
+    """search_spaces/r2mu.yaml is for a GPU cluster; with its paths pointed at local stand-ins it checks out."""
+    import json
+
+    import yaml
+
+    from tests.tiny import save_tiny
+
+    raw = yaml.safe_load((ROOT / "search_spaces/r2mu.yaml").read_text())
+    raw["model"]["path"] = str(save_tiny(tmp_path / "llama16", "llama", layers=16))
+    for stream, field in (("forget", "text"), ("retain", "text"), ("cot", "solution")):
+        f = tmp_path / f"{stream}.jsonl"
+        f.write_text(json.dumps({"id": "0", field: "some text"}) + "\n")
+        raw["data"][stream]["path"] = str(f)
+    q = tmp_path / "questions.jsonl"
+    q.write_text(json.dumps({"id": "0", "question": "What?"}) + "\n")
+    raw["data"]["traces"]["source"] = str(q)
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    raw["ray"] = {"address": None, "storage_path": str(tmp_path / "ray_results")}
+    path = tmp_path / "r2mu.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    rc, out = dry_run(path, capsys)
+    assert rc == 0, out
+    assert "LlamaForCausalLM, 16 layers" in out and "bfloat16" in out and "ZeRO-0" in out

@@ -39,7 +39,10 @@ def pick_run(tracking_uri: str, experiment: str, pick: str, parent: str | None =
 
 
 def model_card(point: Point, cfg: Any, baseline: dict, base_path: str) -> str:
-    objs = list(cfg.search.objectives) + [m for m in cfg.search.constraints if m not in cfg.search.objectives]
+    shown = ["trace_leak", "forget_acc", "prefill_acc", "reason_acc", "retain_acc"]
+    objs = list(cfg.search.objectives) + [m for m in [*cfg.search.constraints, *shown]
+                                          if m not in cfg.search.objectives and m in point.metrics]
+    objs = list(dict.fromkeys(objs))
     rows = "\n".join(f"| {m} | {point.metrics.get(m, float('nan')):.4f} | "
                      f"{baseline.get(m, float('nan')):.4f} |" for m in objs)
     hps = "\n".join(f"| {k} | {v} |" for k, v in sorted(point.params.items()))

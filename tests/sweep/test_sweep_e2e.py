@@ -186,3 +186,20 @@ def test_resume_adds_only_missing_trials(tmp_path):
     assert len({r.data.tags["tune_trial_id"] for r in trials}) == len(trials)  # no duplicates
     assert sum(r.data.tags.get("role") == "sweep" for r in runs) == 1
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_a_diverged_trial_is_reported_and_the_sweep_goes_on(tmp_path):
+    space = small_space(tmp_path, "diverge", num_samples=2, concurrent=2)
+    raw = yaml.safe_load(space.read_text())
+    raw["search"]["space"] = {"layer": 2, "steering_coeff": 1e30, "lr": {"loguniform": [1e29, 1e30]}}
+    space.write_text(yaml.safe_dump(raw))
+    p = run("sweep.run", "--space", str(space), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "diverged" in p.stdout and "front 0" in p.stdout
+    client, runs = runs_of(tmp_path, "diverge")
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len(trials) == 2
+    for r in trials:
+        assert r.data.tags["status"] == "diverged" and r.info.status == "FINISHED"
+        assert r.data.metrics["trace_leak"] == 1.0 and r.data.metrics["reason_acc"] == 0.0  # worst values
+        assert not client.list_artifacts(r.info.run_id, "delta")  # no broken checkpoint

@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, nothing installed
 from tests.trainables.naive import naive_loss  # noqa: E402
-from trainables.r2mu import R2MU, Batch, Weights, control_vector  # noqa: E402
+from trainables.r2mu import R2MU, Batch, Weights, control_vector, drop_layers_above  # noqa: E402
 
 SHAPES = {
     "small": dict(hidden_size=256, num_hidden_layers=8, intermediate_size=688, num_attention_heads=4,
@@ -94,10 +94,16 @@ def run(name: str, step_fn, params: list[torch.nn.Parameter], batches, warmup: i
 def child(model, layer: int, variant: str, args, batches) -> dict:
     """One variant at one layer in this (fresh) process, so its peak memory is its own."""
     device = args.device
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # the whole model's
     names = [f"model.layers.{i}.mlp.down_proj.weight" for i in range(layer - 2, layer + 1)]
     control = control_vector(model.config.hidden_size, 6.5, seed=0)
     obj = R2MU(model, layer, names, control, W)  # freezes all but the 3 tensors (also for the naive run)
     if variant == "ours":
+        if not args.keep_all_layers:  # what the trainer does: layers above l, the norm and the head are freed
+            drop_layers_above(model, layer)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
         if args.compile:  # per decoder layer: the trained and the frozen view share the compiled code
             for block in model.model.layers[: layer + 1]:
                 block.compile()
@@ -111,7 +117,6 @@ def child(model, layer: int, variant: str, args, batches) -> dict:
 
     before = current_bytes(device)  # weights (+ the frozen copy), batches, and on CPU the interpreter
     losses, t, t_min = run(variant, step, list(obj.params.values()), batches, args.warmup, device)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     peak = peak_bytes(device)
     return dict(layer=layer, variant=variant, ms=1e3 * t, ms_min=1e3 * t_min, peak=peak, extra=peak - before,
                 weights=weights, losses=losses)
@@ -129,6 +134,7 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on GPU")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads")
     ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (ours only)")
+    ap.add_argument("--keep-all-layers", action="store_true", help="ours keeps the layers above l resident")
     ap.add_argument("--only", choices=["ours", "naive"], default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     gpu = args.device == "cuda"

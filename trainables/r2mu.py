@@ -97,6 +97,20 @@ def updated_layers(names: list[str]) -> list[int]:
     return out
 
 
+def drop_layers_above(model: torch.nn.Module, layer: int) -> None:
+    """Free what an R²MU step never runs: the decoder layers above `layer`, the final norm and the LM head.
+
+    Call it after `delta.base_identity` (which fingerprints the whole model). Parameter names of the kept
+    layers do not change, so the delta still merges into the full base model. The model can no longer
+    produce logits: only `HandRun` / `hidden_at` use it afterwards.
+    """
+    m = decoder(model)
+    m.layers = m.layers[: layer + 1]
+    m.norm = torch.nn.Identity()
+    if hasattr(model, "lm_head") and model.lm_head.weight is not m.embed_tokens.weight:
+        model.lm_head = torch.nn.Identity()  # untied: a vocab x hidden matrix (1 GiB for Llama-8B in bf16)
+
+
 class HandRun:
     """Runs the decoder layers of a Llama/Qwen2-style model by hand, the way the HF forward does."""
 

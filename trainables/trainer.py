@@ -31,7 +31,7 @@ from trainables.checks import TrainerConfigError, check_model_against_config
 from trainables.config import TrialSpec
 from trainables.data import build_streams
 from trainables.delta import base_identity, save_delta
-from trainables.r2mu import R2MU, Weights, activation_scale, control_vector
+from trainables.r2mu import R2MU, Weights, activation_scale, control_vector, drop_layers_above
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -85,13 +85,19 @@ def _gathered(stage: int, params: list[torch.nn.Parameter]):
     return deepspeed.zero.GatheredParameters(params) if stage == 3 else contextlib.nullcontext()
 
 
-def _load(spec: TrialSpec, device: torch.device):
+def _load(spec: TrialSpec, device: torch.device, rank: int):
+    """Tokenizer, the model cut above the steering layer (on `device`), and the base model's identity."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = dict(trust_remote_code=spec.model.trust_remote_code)
     tok = AutoTokenizer.from_pretrained(spec.model.path, **kw)
     model = AutoModelForCausalLM.from_pretrained(spec.model.path, dtype=DTYPES[spec.model.dtype], **kw)
-    return model.to(device).eval(), tok  # eval: no dropout; the step is deterministic
+    layer = spec.hparams.layer
+    check_model_against_config(model, spec.model, [layer])
+    names = spec.model.param_names(layer)
+    base = base_identity(model, spec.model.path, names) if rank == 0 else {}  # of the whole model
+    drop_layers_above(model, layer)  # only layers 0..l reach the device
+    return model.to(device).eval(), tok, base  # eval: no dropout; the step is deterministic
 
 
 def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
@@ -104,8 +110,7 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
         raise TrainerConfigError(f"train.batch_size: {tr.batch_size} is smaller than the {world} workers")
     torch.manual_seed(tr.seed)
 
-    model, tok = _load(spec, device)
-    check_model_against_config(model, spec.model, [hp.layer])
+    model, tok, base = _load(spec, device, rank)
     names = spec.model.param_names(hp.layer)
     weights = Weights(hp.alpha, hp.beta, hp.gamma)
     active = [s for s in ("forget", "retain", "unthink", "cot") if weights.of(s) != 0]
@@ -118,7 +123,6 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
         scale = activation_scale(model, probe, hp.layer)
     coeff = hp.steering_coeff if hp.steering_coeff is not None else hp.steering_rel * scale
     rel = coeff / scale
-    base = base_identity(model, spec.model.path, names) if rank == 0 else {}
 
     obj = R2MU(model, hp.layer, names, control_vector(model.config.hidden_size, coeff, tr.seed), weights)
     params = list(obj.params.values())

@@ -31,7 +31,7 @@ from trainables.checks import TrainerConfigError, check_model_against_config
 from trainables.config import TrialSpec
 from trainables.data import build_streams
 from trainables.delta import base_identity, save_delta
-from trainables.r2mu import R2MU, Weights, activation_scale, control_vector, drop_layers_above
+from trainables.r2mu import R2MU, Weights, activation_scale, control_vector, decoder, drop_layers_above
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -125,6 +125,9 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
     rel = coeff / scale
 
     obj = R2MU(model, hp.layer, names, control_vector(model.config.hidden_size, coeff, tr.seed), weights)
+    if tr.compile:  # per decoder layer: the trained and the frozen view run the same compiled code
+        for block in decoder(model).layers:
+            block.compile()
     params = list(obj.params.values())
     engine, *_ = deepspeed.initialize(model=Updated(params), optimizer=torch.optim.AdamW(params, lr=hp.lr),
                                       config=_deepspeed_config(spec, world))

@@ -67,6 +67,13 @@ def test_zero_stages_give_the_same_losses(tiny_dirs, tmp_path, zero0, stage):
     assert t0.keys() == t.keys()
 
 
+def test_compiled_layers_give_the_same_losses(tiny_dirs, tmp_path, zero0):
+    spec = make_spec(tiny_dirs, tmp_path, hparams={"steps": 3}, train={"compile": True})
+    res = train(spec)
+    for a, b in zip(res.history, zero0[1].history[:3], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
 def test_relative_steering_and_given_scale(tiny_dirs, tmp_path, zero0):
     scale = zero0[1].metrics["activation_scale"]
     hp = {"steering_coeff": None, "steering_rel": 2.0, "steps": 1}

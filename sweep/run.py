@@ -116,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("dry run: everything checks out; nothing was trained or written")
         return 0
-    return run_sweep(cfg, Path(args.space).read_text(), resume=args.resume, final_eval=args.final_eval,
-                     verbose=args.verbose)
+    try:
+        return run_sweep(cfg, Path(args.space).read_text(), resume=args.resume, final_eval=args.final_eval,
+                         verbose=args.verbose)
+    except ConfigError as e:  # found only at start-up (e.g. a deleted MLflow experiment): nothing trained
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def init_ray(cfg: SweepConfig, verbose: bool = False) -> None:
@@ -148,14 +152,15 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
     experiment_id = tracking.ensure_experiment(cfg)
     parent = tracking.start_parent(cfg, experiment_id, space_text, resume)
     storage = Path(cfg.ray.storage_path.removeprefix("file://")).resolve() / cfg.name
-    tune_name = f"tune-{parent[:8]}"
+    tune_name, study_name = f"tune-{parent[:8]}", f"{cfg.name}-{parent[:8]}"
+    evaluator_name = f"evaluator-{cfg.name}-{parent[:8]}"
     print(f"mlflow: experiment {cfg.experiment!r}, sweep run {parent} ({uri})")
     ok = False
     t0 = time.monotonic()
     try:
         init_ray(cfg, verbose)
-        evaluator = evaluator_actor(f"evaluator-{cfg.name}-{parent[:8]}", resolve_uri(cfg.model.path), cfg.eval,
-                                    cfg.model.dtype, cfg.train.use_gpu)
+        evaluator = evaluator_actor(evaluator_name, resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype,
+                                    cfg.train.use_gpu)
         info = ray.get(evaluator.info.remote())
         print(f"evaluator: {info['backend']} backend up in {info['start_s']:.1f} s")
         trace_file = traces.ensure_traces(cfg, evaluator, call=lambda f, *a: ray.get(f.remote(*a)))
@@ -163,14 +168,14 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         scales = traces.activation_scales(cfg, layers) if "steering_rel" in cfg.search.space else {}
         baseline = ensure_baseline(cfg, experiment_id, parent, evaluator)
         ctx = tuner.SweepContext(cfg.model_dump(mode="json"), experiment_id, parent, str(trace_file), scales,
-                                 f"evaluator-{cfg.name}-{parent[:8]}", baseline)
+                                 evaluator_name, baseline)
         trainable = tune.with_resources(tune.with_parameters(tuner.run_trial, ctx=ctx), {"CPU": 0.01})
         path = storage / tune_name
         if resume and tune.Tuner.can_restore(str(path)):
             print(f"resuming {path}")
             t = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
-            searcher = tuner.make_searcher(cfg, f"{cfg.name}-{parent[:8]}", tuner.optuna_storage(cfg), baseline)
+            searcher = tuner.make_searcher(cfg, study_name, tuner.optuna_storage(cfg), baseline)
             t = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=cfg.search.num_samples,
@@ -180,7 +185,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
                                           failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)),
             )
         results = t.fit()
-        summary = tuner.study_summary(tuner.optuna_storage(cfg), f"{cfg.name}-{parent[:8]}")
+        summary = tuner.study_summary(tuner.optuna_storage(cfg), study_name)
         if summary:
             from mlflow.tracking import MlflowClient
 

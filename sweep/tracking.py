@@ -7,6 +7,7 @@ duplicates a trial's run. Every run is ended (FINISHED or FAILED); none is left 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from sweep.config import SweepConfig
+from sweep.config import ConfigError, SweepConfig
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
@@ -34,7 +35,8 @@ def ensure_experiment(cfg: SweepConfig) -> str:
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
-            raise ValueError(f"MLflow experiment {cfg.experiment!r} is deleted; restore it or rename the sweep")
+            raise ConfigError("mlflow", [("name", f"MLflow experiment {cfg.experiment!r} is deleted at "
+                                              f"{cfg.mlflow.tracking_uri}; restore it or rename the sweep")])
         return exp.experiment_id
     location = cfg.mlflow.artifact_location or default_artifact_location(cfg.mlflow.tracking_uri)
     return client.create_experiment(cfg.experiment, artifact_location=location)
@@ -109,9 +111,9 @@ def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metric
     (an MLflow table) and the delta."""
     from mlflow.entities import Metric, Param, RunTag
 
-    client = MlflowClient(tracking_uri)
-    import time
+    from eval.run import EvalResult
 
+    client = MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float)]
     for row in history or []:
@@ -123,17 +125,7 @@ def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metric
     for i in range(0, max(len(ms), 1), 900):  # MLflow caps a batch at 1000 entries
         client.log_batch(run_id, metrics=ms[i:i + 900], params=ps if i == 0 else [], tags=ts if i == 0 else [])
     if records:
-        client.log_table(run_id, _columns(records), "eval_records.json")
+        client.log_table(run_id, EvalResult({}, records).table(), "eval_records.json")
     if delta_dir:
         client.log_artifacts(run_id, delta_dir, "delta")
 
-
-def _columns(records: list[dict]) -> dict[str, list]:
-    keys: list[str] = []
-    for r in records:
-        keys += [k for k in r if k not in keys]
-    return {k: [_cell(r.get(k)) for r in records] for k in keys}
-
-
-def _cell(v: Any) -> Any:
-    return v if v is None or isinstance(v, str | int | float | bool) else json.dumps(v)

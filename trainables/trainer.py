@@ -221,3 +221,5 @@ def train_loop_per_worker(config: dict) -> None:
             (ckpt_dir / "status.json").write_text(json.dumps(result.metrics))
         checkpoint = Checkpoint.from_directory(str(ckpt_dir))
     ray.train.report(result.metrics, checkpoint=checkpoint)
+    if rank == 0:  # report has copied the checkpoint into the run's storage: the local copy is garbage
+        shutil.rmtree(spec.out_dir, ignore_errors=True)

@@ -61,8 +61,15 @@ def small_space(tmp: Path, name: str, num_samples: int, concurrent: int) -> Path
     return path
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment minus the torch.distributed rendezvous that earlier in-process trainer
+    tests set (an inherited MASTER_PORT is still bound here: the child's process group could not listen)."""
+    dist = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    return {k: v for k, v in os.environ.items() if k not in dist} | {"PYTHONPATH": str(ROOT)}
+
+
 def run(module: str, *args: str, cwd: Path, timeout: int = 420) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = clean_env()
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -152,7 +159,7 @@ def test_export_knee_and_trial_reproduce_the_metrics(sweep):
 
 def test_resume_adds_only_missing_trials(tmp_path):
     space = small_space(tmp_path, "resume", num_samples=3, concurrent=1)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = clean_env()
     proc = subprocess.Popen([sys.executable, "-m", "sweep.run", "--space", str(space)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -46,3 +46,17 @@ def pytest_approx(x):
     import pytest
 
     return pytest.approx(x)
+
+
+def test_a_deleted_experiment_is_refused_with_the_uri(space, tmp_path):
+    import pytest
+    from mlflow.tracking import MlflowClient
+
+    from sweep.config import ConfigError
+    from sweep.tracking import ensure_experiment
+
+    cfg = parse_space(space)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    client.delete_experiment(ensure_experiment(cfg))
+    with pytest.raises(ConfigError, match="is deleted at sqlite:"):
+        ensure_experiment(cfg)

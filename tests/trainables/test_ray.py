@@ -65,9 +65,10 @@ def test_two_workers_match_one_process(ray_local, tiny_dirs, tmp_path, stage):
     m = result.metrics
     assert m["status"] == "ok" and m["steps_done"] == 6
     assert m["loss"] == pytest.approx(one.metrics["loss"], rel=1e-5)
-    two = [json.loads(x) for x in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
+    with result.checkpoint.as_directory() as d:
+        assert sorted(os.listdir(d)) == ["delta.json", "delta.safetensors", "history.jsonl"]
+        two = [json.loads(x) for x in (Path(d) / "history.jsonl").read_text().splitlines()]
     for a, b in zip(two, one.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["forget"] == pytest.approx(b["forget"], rel=1e-5)
-    with result.checkpoint.as_directory() as d:
-        assert sorted(os.listdir(d)) == ["delta.json", "delta.safetensors", "history.jsonl"]
+    assert not (tmp_path / "two").exists()  # the worker's local copy is gone once the checkpoint is stored

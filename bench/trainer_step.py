@@ -17,9 +17,11 @@ import argparse
 import copy
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, nothing installed
 from tests.trainables.naive import naive_loss  # noqa: E402
+from trainables.prefix_cache import PrefixCache  # noqa: E402
 from trainables.r2mu import R2MU, Batch, Weights, control_vector, drop_layers_above  # noqa: E402
 
 SHAPES = {
@@ -58,28 +61,28 @@ def current_bytes(device: str) -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def make_batches(lens: list[int], batch: int, vocab: int, device: str, steps: int) -> list[dict[str, Batch]]:
-    """Random tokens per step and stream; every row full length (the GPU reference measured it so)."""
+def make_batches(lens: list[int], batch: int, vocab: int, steps: int) -> list[dict[str, Batch]]:
+    """Random tokens per step and stream, on the CPU; every row full length (the GPU reference measured it so)."""
     g = torch.Generator().manual_seed(0)
     out = []
     for _ in range(steps):
         step = {}
         for s, L in zip(STREAMS, lens, strict=True):
             ids = torch.randint(3, vocab, (batch, L), generator=g)
-            step[s] = Batch(ids, torch.ones_like(ids)).to(device)
+            step[s] = Batch(ids, torch.ones_like(ids))
         out.append(step)
     return out
 
 
 def run(name: str, step_fn, params: list[torch.nn.Parameter], batches, warmup: int, device: str):
-    """Time `step_fn(batch) -> loss tensor` + backward + AdamW over `batches`; returns (losses, times)."""
+    """Time `step_fn(i, batch) -> loss tensor` + backward + AdamW over `batches`; returns (losses, times)."""
     opt = torch.optim.AdamW(params, lr=7.5e-5)
     losses, times = [], []
     for i, b in enumerate(batches):
         sync(device)
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = step_fn(b)
+        loss = step_fn(i, b)
         loss.backward()
         opt.step()
         sync(device)
@@ -91,14 +94,29 @@ def run(name: str, step_fn, params: list[torch.nn.Parameter], batches, warmup: i
     return losses, statistics.median(times), min(times)
 
 
-def child(model, layer: int, variant: str, args, batches) -> dict:
+def fill_cache(obj: R2MU, cpu_batches, batches, root: str, device: str) -> float:
+    """What the first trial at a layer does besides training: compute and write every step's no-grad part.
+    Returns ms per step (prepare + the write, which a thread overlaps with the next step)."""
+    cache = PrefixCache(root, {"bench": obj.layer}, torch.device(device), max_gb=1e3, log=lambda m: None)
+    sync(device)
+    t = time.perf_counter()
+    for i, (cpu, b) in enumerate(zip(cpu_batches, batches, strict=True)):
+        cache.put(i, obj.prepare(b), cpu)
+    cache.close()
+    sync(device)
+    return 1e3 * (time.perf_counter() - t) / len(batches)
+
+
+def child(model, layer: int, variant: str, args, cpu_batches) -> dict:
     """One variant at one layer in this (fresh) process, so its peak memory is its own."""
     device = args.device
+    batches = [{s: x.to(device) for s, x in b.items()} for b in cpu_batches]
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # the whole model's
     names = [f"model.layers.{i}.mlp.down_proj.weight" for i in range(layer - 2, layer + 1)]
     control = control_vector(model.config.hidden_size, 6.5, seed=0)
-    obj = R2MU(model, layer, names, control, W)  # freezes all but the 3 tensors (also for the naive run)
-    if variant == "ours":
+    obj = R2MU(model, layer, names, control, W, args.pack_ratio)  # freezes all but the 3 tensors (also naive)
+    extra = {}
+    if variant in ("ours", "cached"):
         if not args.keep_all_layers:  # what the trainer does: layers above l, the norm and the head are freed
             drop_layers_above(model, layer)
             if device == "cuda":
@@ -106,20 +124,32 @@ def child(model, layer: int, variant: str, args, batches) -> dict:
                 torch.cuda.reset_peak_memory_stats()
         if args.compile:  # per decoder layer: the trained and the frozen view share the compiled code
             for block in model.model.layers[: layer + 1]:
-                block.compile()
-        step = lambda b: obj.loss(b).loss  # noqa: E731
+                block.compile(**({"mode": args.compile_mode} if args.compile_mode else {}))
+        step = lambda i, b: obj.loss(b).loss  # noqa: E731
     else:
         frozen = copy.deepcopy(model)  # the reference keeps a whole second model
 
-        def step(b):
+        def step(i, b):
             return naive_loss(model, frozen, {s: (x.input_ids, x.attention_mask, x.loss_mask)
                                               for s, x in b.items()}, layer, obj.control, W.alpha, W.beta, W.gamma)[0]
+    if variant == "cached":  # a later trial at this layer: the no-grad part comes from the cache on disk
+        root = tempfile.mkdtemp(prefix="r2mu-bench-cache-", dir=args.cache_dir)
+        extra["fill_ms"] = fill_cache(obj, cpu_batches, batches, root, device)
+        cache = PrefixCache(root, {"bench": layer}, torch.device(device), max_gb=1e3, log=lambda m: None)
+
+        def step(i, b):
+            prepared = cache.get(i, cpu_batches[i], b, obj)
+            assert prepared is not None, f"step {i} missing from the cache"
+            return obj.loss(b, prepared=prepared).loss
 
     before = current_bytes(device)  # weights (+ the frozen copy), batches, and on CPU the interpreter
     losses, t, t_min = run(variant, step, list(obj.params.values()), batches, args.warmup, device)
     peak = peak_bytes(device)
+    if variant == "cached":
+        cache.close()
+        shutil.rmtree(root)
     return dict(layer=layer, variant=variant, ms=1e3 * t, ms_min=1e3 * t_min, peak=peak, extra=peak - before,
-                weights=weights, losses=losses)
+                weights=weights, losses=losses, **extra)
 
 
 def main() -> None:
@@ -135,7 +165,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads")
     ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (ours only)")
     ap.add_argument("--keep-all-layers", action="store_true", help="ours keeps the layers above l resident")
-    ap.add_argument("--only", choices=["ours", "naive"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--pack-ratio", type=float, default=0.75, help="streams within this length ratio share a batch")
+    ap.add_argument("--prefix-cache", action="store_true",
+                    help="also time 'cached': a later trial at the layer, the no-grad part read from a disk cache")
+    ap.add_argument("--cache-dir", default=None, help="where --prefix-cache writes (default: the temp dir)")
+    ap.add_argument("--only", choices=["ours", "naive", "cached"], default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     gpu = args.device == "cuda"
     args.layers = args.layers or ([7, 15] if args.shape == "llama8b" else [3, 5])
@@ -145,32 +180,45 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.only is None:  # parent: one fresh process per (layer, variant), then compare
-        rows = []
+        variants = ["naive", "ours"] + (["cached"] if args.prefix_cache else [])
+        rows, gib = [], 2**30
         for layer in args.layers:
             res = {}
-            for variant in ("ours", "naive"):
+            for variant in variants:
                 cmd = [sys.executable, __file__, *sys.argv[1:], "--only", variant, "--layers", str(layer)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 print(out.stdout, end="", flush=True)
                 if out.returncode:
                     sys.exit(out.stderr)
                 res[variant] = json.loads(out.stdout.split("RESULT ")[-1])
-            o, n = res["ours"], res["naive"]
-            diff = max(abs(a - b) / abs(b) for a, b in zip(o["losses"], n["losses"], strict=True))
-            gib = 2**30
-            rows.append(f"| {layer} | {n['ms']:.1f} ({n['ms_min']:.1f}) | {o['ms']:.1f} ({o['ms_min']:.1f}) | "
-                        f"{n['ms'] / o['ms']:.2f}x ({n['ms_min'] / o['ms_min']:.2f}x) | "
-                        f"{n['peak'] / gib:.2f} | {o['peak'] / gib:.2f} | {o['peak'] / o['weights']:.2f}x | "
-                        f"{n['extra'] / gib:.2f} | {o['extra'] / gib:.2f} | {diff:.1e} |")
+            n = res["naive"]
+            diff = max(abs(a - b) / abs(b) for v in variants[1:]
+                       for a, b in zip(res[v]["losses"], n["losses"], strict=True))
+            cells = [str(layer), f"{n['ms']:.1f} ({n['ms_min']:.1f})"]
+            for v in variants[1:]:
+                r = res[v]
+                cells += [f"{r['ms']:.1f} ({r['ms_min']:.1f})",
+                          f"{n['ms'] / r['ms']:.2f}x ({n['ms_min'] / r['ms_min']:.2f}x)"]
+            if args.prefix_cache:
+                cells.append(f"{res['cached']['fill_ms']:.1f}")
+            cells += [f"{n['peak'] / gib:.2f}"] + [f"{res[v]['peak'] / gib:.2f} ({res[v]['peak'] / n['weights']:.2f}x)"
+                                                   for v in variants[1:]]
+            cells += [f"{res[v]['extra'] / gib:.2f}" for v in variants] + [f"{diff:.1e}"]
+            rows.append("| " + " | ".join(cells) + " |")
             tol = 1e-4 if (args.dtype or ("bfloat16" if gpu else "float32")) == "float32" else 3e-2
             if diff > tol:
                 sys.exit(f"layer {layer}: losses differ, max rel diff {diff:.2e} > {tol}")
         mem = "GPU max allocated" if gpu else "process peak RSS"
-        print(f"\nweights {o['weights'] / gib:.2f} GiB; peak = {mem}; step = peak minus memory just before the "
+        print(f"\nweights {n['weights'] / gib:.2f} GiB; peak = {mem}; step = peak minus memory just before the "
               "first step (activations, grads, optimizer state; the naive frozen copy is counted before)")
-        print("| layer | naive ms median (min) | ours ms median (min) | speed-up median (min) | naive peak GiB "
-              "| ours peak GiB | ours peak / weights | "
-              "naive step GiB | ours step GiB | loss rel diff |\n|---|---|---|---|---|---|---|---|---|---|")
+        head = ["layer", "naive ms median (min)"]
+        for v in variants[1:]:
+            head += [f"{v} ms median (min)", f"{v} speed-up"]
+        if args.prefix_cache:
+            head.append("cache fill ms/step")
+        head += ["naive peak GiB"] + [f"{v} peak GiB (/ weights)" for v in variants[1:]]
+        head += [f"{v} step GiB" for v in variants] + ["loss rel diff"]
+        print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
         print("\n".join(rows))
         return
 
@@ -182,7 +230,7 @@ def main() -> None:
     print(f"{args.shape} Llama ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {dtype}) on "
           f"{torch.cuda.get_device_name() if gpu else 'cpu'}; layer {layer}, batch {args.batch}, streams "
           f"{args.lens} tokens, {args.steps} timed + {args.warmup} warm-up steps", flush=True)
-    batches = make_batches(args.lens, args.batch, cfg.vocab_size, args.device, args.steps + args.warmup)
+    batches = make_batches(args.lens, args.batch, cfg.vocab_size, args.steps + args.warmup)
     print("RESULT " + json.dumps(child(model, layer, args.only, args, batches)), flush=True)
 
 

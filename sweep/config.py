@@ -368,6 +368,8 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
         raw["mlflow"]["artifact_location"] = str(Path(raw["mlflow"]["artifact_location"]).resolve())
     if "://" not in raw["ray"]["storage_path"]:
         raw["ray"]["storage_path"] = str(Path(raw["ray"]["storage_path"]).resolve())
+    if raw["train"]["prefix_cache"]["dir"]:
+        raw["train"]["prefix_cache"]["dir"] = str(Path(raw["train"]["prefix_cache"]["dir"]).expanduser().resolve())
     return SweepConfig.model_validate(raw)
 
 

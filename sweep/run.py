@@ -16,6 +16,7 @@ from typing import Any
 
 from sweep.checks import resolve_uri
 from sweep.config import ConfigError, SweepConfig, absolute_paths, load_space
+from sweep.traces import prefix_cache_dir
 
 EPILOG = """examples:
   python -m sweep.run --space search_spaces/organism.yaml            # the demo: local Ray, SQLite MLflow
@@ -80,6 +81,9 @@ def format_plan(cfg: SweepConfig, found: dict[str, Any]) -> str:
         "  data       " + ", ".join(f"{k.split('.')[1]} {n} records" for k, n in found["data"].items()),
         f"  per trial  {t.num_workers} worker(s) x {t.cpus_per_worker} CPU{gpus}, DeepSpeed ZeRO-"
         f"{t.deepspeed.zero_stage}, batch {t.batch_size}, ~{estimate_tokens(cfg) / 1e6:.2f}M training tokens",
+        "  prefix     " + (f"cached across trials in {prefix_cache_dir(cfg)} on each node "
+                           f"(<= {t.prefix_cache.max_gb:g} GiB)" if t.prefix_cache.enabled
+                           else "computed in every trial (train.prefix_cache off)"),
         "  objectives " + ", ".join(f"{k} ({v})" for k, v in s.objectives.items()),
         "  constraints " + (", ".join(f"{k} {c}" for k, c in s.constraints.items()) or "none"),
         f"  eval       backend {cfg.eval.backend}, judge {cfg.eval.judge}, forget {cfg.eval.forget.set}, "

@@ -41,6 +41,15 @@ def cache_dir(cfg: SweepConfig) -> Path:
     return Path(cfg.ray.storage_path.removeprefix("file://")).resolve() / "cache"
 
 
+def prefix_cache_dir(cfg: SweepConfig) -> str:
+    """Where trials keep the prefix cache: train.prefix_cache.dir; else beside the other caches when the
+    storage is local; else the node-local default (remote storage is too slow for 61 MiB per step)."""
+    pc = cfg.train.prefix_cache
+    if pc.dir is None and "://" not in cfg.ray.storage_path.removeprefix("file://"):
+        return str(cache_dir(cfg) / "prefix")
+    return pc.root()
+
+
 def trace_source(cfg: SweepConfig) -> tuple[str, str]:
     """(file, field) of the questions the traces are generated on: data.traces.source, else data.forget."""
     t = cfg.data.traces

@@ -24,6 +24,7 @@ from sweep import tracking
 from sweep.checks import resolve_uri
 from sweep.config import Constraint, Param, SweepConfig
 from sweep.pareto import Point, pareto_front
+from sweep.traces import prefix_cache_dir
 from trainables.config import Hyperparams, TrialSpec
 
 # Worker environment: one thread per process on CPU (STACK.md: 2 threads are ~8x slower here), fast
@@ -143,7 +144,9 @@ def trial_spec(cfg: SweepConfig, hp: Hyperparams, traces_path: str | None, out_d
         "cot": d.cot.model_copy(update={"path": resolve_uri(d.cot.path)}),
     })
     model = cfg.model.model_copy(update={"path": resolve_uri(cfg.model.path)})
-    return TrialSpec(model=model, data=data, train=cfg.train, hparams=hp, traces_path=traces_path,
+    pc = cfg.train.prefix_cache
+    train = cfg.train.model_copy(update={"prefix_cache": pc.model_copy(update={"dir": prefix_cache_dir(cfg)})})
+    return TrialSpec(model=model, data=data, train=train, hparams=hp, traces_path=traces_path,
                      out_dir=out_dir, activation_scale=scale)
 
 

@@ -7,6 +7,7 @@ MLflow import here.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -70,6 +71,20 @@ class DeepSpeedConfig(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 0
 
 
+class PrefixCacheConfig(Strict):
+    enabled: bool = Field(False, description="keep each step's no-grad work (prefix, frozen targets) across the "
+                          "trials at one layer (trainables/prefix_cache.py)")
+    dir: str | None = Field(None, description="a node-local directory; default $R2MU_CACHE/prefix or "
+                            "~/.cache/r2mu-sweep/prefix")
+    max_gb: float = Field(64.0, gt=0, description="disk budget; least recently used layers are evicted")
+
+    def root(self) -> str:
+        if self.dir:
+            return self.dir
+        base = os.environ.get("R2MU_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "r2mu-sweep")
+        return os.path.join(base, "prefix")
+
+
 class TrainConfig(Strict):
     steps: int = Field(60, ge=1)
     batch_size: int = Field(4, ge=1)
@@ -80,6 +95,7 @@ class TrainConfig(Strict):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     compile: bool = Field(False, description="torch.compile each decoder layer 0..l (GPU: ~1.5x faster steps; "
                           "costs a compile per trial, so leave it off for tiny CPU models)")
+    prefix_cache: PrefixCacheConfig = PrefixCacheConfig()
 
 
 class Hyperparams(Strict):

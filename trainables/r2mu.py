@@ -16,6 +16,8 @@ nothing below the first updated layer changes, so
      by `functional_call` (no second model copy), no_grad;
   3. trained view (all streams): layers first..l with the live tensors, with grad; stop at l;
 streams of similar length are concatenated into one batch so each layer runs as few, large matmuls.
+Steps 1 and 2 depend only on the base weights and the batch (`R2MU.prepare` -> `Prepared`): every trial of a
+sweep at the same layer repeats them exactly, so `trainables.prefix_cache` can keep them across trials.
 """
 
 from __future__ import annotations
@@ -62,10 +64,31 @@ class Weights:
 
 @dataclass
 class Terms:
-    """One step's result: the differentiable total and the four terms as floats (None: weight 0, skipped)."""
+    """One step's result: the differentiable total and the four terms (detached; None: weight 0, skipped).
+
+    The terms stay on the device so that computing them costs no host sync before backward; `values` reads
+    them all with one.
+    """
 
     loss: torch.Tensor
-    values: dict[str, float | None] = field(default_factory=dict)
+    terms: dict[str, torch.Tensor | None] = field(default_factory=dict)
+
+    @property
+    def values(self) -> dict[str, float | None]:
+        done = [s for s in STREAMS if self.terms.get(s) is not None]
+        floats = torch.stack([self.terms[s] for s in done]).tolist() if done else []
+        return {s: None for s in STREAMS} | dict(zip(done, floats, strict=True))
+
+
+@dataclass
+class Prepared:
+    """One group of streams in one batch after the step's no-grad work, which depends only on the base
+    weights and the batch: what `trainables.prefix_cache` keeps across the trials of a sweep."""
+
+    streams: list[str]
+    batch: Batch  # the group's rows, concatenated and right-padded
+    prefix: torch.Tensor  # h after layer first-1 (the embeddings when first = 0), every row
+    targets: dict[str, torch.Tensor]  # h0_l of each frozen-view stream's rows
 
 
 def control_vector(hidden_size: int, coeff: float, seed: int) -> torch.Tensor:
@@ -121,16 +144,19 @@ class HandRun:
         self.layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * n
 
     def start(self, batch: Batch) -> tuple[torch.Tensor, dict]:
-        """Embeddings plus what every layer needs: per-type causal+padding masks, rotary embeddings."""
+        """Embeddings plus what every layer needs (`context`)."""
         h = self.m.embed_tokens(batch.input_ids)
+        return h, self.context(batch, h)
+
+    def context(self, batch: Batch, h: torch.Tensor) -> dict:
+        """Per-type causal+padding masks and rotary embeddings; `h` only lends its shape, dtype and device."""
         pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
         kw = dict(config=self.model.config, inputs_embeds=h, attention_mask=batch.attention_mask,
                   past_key_values=None, position_ids=pos)
         masks = {"full_attention": create_causal_mask(**kw)}
         if "sliding_attention" in self.layer_types:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
-        ctx = dict(masks=masks, position_embeddings=self.m.rotary_emb(h, pos), position_ids=pos)
-        return h, ctx
+        return dict(masks=masks, position_embeddings=self.m.rotary_emb(h, pos), position_ids=pos)
 
     def layer(self, i: int, h: torch.Tensor, ctx: dict, tensors: dict | None = None) -> torch.Tensor:
         """Decoder layer i; `tensors` (name inside the layer -> tensor) replaces parameters for this call."""
@@ -234,47 +260,64 @@ class R2MU:
             h = self.run.layer(i, h, ctx, self.originals.get(i) if frozen else None)
         return h
 
-    def sse(self, batches: dict[str, Batch]) -> dict[str, torch.Tensor]:
-        """Per stream, the sum of squared differences over its loss tokens and hidden dims (trained view)."""
-        out = {}
+    def prepare(self, batches: dict[str, Batch]) -> list[Prepared]:
+        """The no-grad part of a step: per group of streams, the shared prefix and the frozen targets."""
+        out = []
         for group in group_by_length({s: batches[s] for s in self.active()}, self.pack_ratio):
             b = pad_cat([batches[s] for s in group])
-            rows = torch.arange(b.input_ids.shape[0], device=b.input_ids.device).split(
-                [batches[s].input_ids.shape[0] for s in group])
-            rows = dict(zip(group, rows, strict=True))
-            # 1. shared prefix: embeddings and layers below the first updated one, once, no grad
+            rows = self.rows_of(group, batches)
             with torch.no_grad():
+                # 1. shared prefix: embeddings and layers below the first updated one, once
                 h, ctx = self.run.start(b)
                 for i in range(self.first):
                     h = self.run.layer(i, h, ctx)
-            # 2. frozen view of the retain-type rows: targets, no grad
-            targets = {s: self.control for s in group if s in TO_CONTROL}
-            frozen_rows = [s for s in group if s in TO_FROZEN]
-            if frozen_rows:
-                idx = torch.cat([rows[s] for s in frozen_rows])
-                with torch.no_grad():
+                # 2. frozen view of the retain-type rows (the original tensors): the targets
+                targets = {}
+                frozen_rows = [s for s in group if s in TO_FROZEN]
+                if frozen_rows:
+                    idx = torch.cat([rows[s] for s in frozen_rows])
                     h0 = self.top(h[idx], self.run.rows(ctx, idx), frozen=True)
-                for s, part in zip(frozen_rows, h0.split([len(rows[s]) for s in frozen_rows]), strict=True):
-                    targets[s] = part
-            # 3. trained view of every row, with grad, stopping at layer l
-            hl = self.top(h, ctx, frozen=False)
-            for s in group:
-                out[s] = masked_sse(hl[rows[s]], targets[s], b.loss_mask[rows[s]])
+                    targets = dict(zip(frozen_rows, h0.split([len(rows[s]) for s in frozen_rows]), strict=True))
+            out.append(Prepared(group, b, h, targets))
         return out
 
-    def loss(self, batches: dict[str, Batch], denominators: dict[str, float] | None = None) -> Terms:
+    @staticmethod
+    def rows_of(group: list[str], batches: dict[str, Batch]) -> dict[str, torch.Tensor]:
+        """Each stream's row indices in the group's concatenated batch."""
+        sizes = [batches[s].input_ids.shape[0] for s in group]
+        return dict(zip(group, torch.arange(sum(sizes), device=batches[group[0]].input_ids.device).split(sizes),
+                        strict=True))
+
+    def sse(self, batches: dict[str, Batch], prepared: list[Prepared] | None = None) -> dict[str, torch.Tensor]:
+        """Per stream, the sum of squared differences over its loss tokens and hidden dims (trained view).
+
+        `prepared` (from `prepare`, or read back from the prefix cache) skips the no-grad part.
+        """
+        out = {}
+        for p in prepared if prepared is not None else self.prepare(batches):
+            rows = self.rows_of(p.streams, batches)
+            # 3. trained view of every row, with grad, stopping at layer l
+            hl = self.top(p.prefix, self.run.context(p.batch, p.prefix), frozen=False)
+            for s in p.streams:
+                target = self.control if s in TO_CONTROL else p.targets[s]
+                out[s] = masked_sse(hl[rows[s]], target, p.batch.loss_mask[rows[s]])
+        return out
+
+    def loss(self, batches: dict[str, Batch], denominators: dict[str, float] | None = None,
+             prepared: list[Prepared] | None = None) -> Terms:
         """loss = forget + alpha*retain + beta*unthink + gamma*cot.
 
         `denominators` (per stream: loss tokens x hidden size) default to this batch's own; data-parallel
         workers pass the global counts so the sum of their losses is the loss of the whole batch.
         """
         d = self.model.config.hidden_size
-        sse = self.sse(batches)
+        sse = self.sse(batches, prepared)
         total = torch.zeros((), device=self.control.device)
-        values: dict[str, float | None] = {s: None for s in STREAMS}
+        terms: dict[str, torch.Tensor | None] = {s: None for s in STREAMS}
         for s, v in sse.items():
-            denom = denominators[s] if denominators else max(batches[s].n_loss_tokens(), 1) * d
+            # a device tensor by default: no host sync before backward
+            denom = denominators[s] if denominators else batches[s].loss_mask.sum().clamp(min=1) * d
             term = v / denom
             total = total + self.weights.of(s) * term
-            values[s] = float(term.detach())
-        return Terms(total, values)
+            terms[s] = term.detach()
+        return Terms(total, terms)

@@ -31,6 +31,7 @@ from trainables.checks import TrainerConfigError, check_model_against_config
 from trainables.config import TrialSpec
 from trainables.data import build_streams
 from trainables.delta import base_identity, save_delta
+from trainables.prefix_cache import PrefixCache, key_parts
 from trainables.r2mu import R2MU, Weights, activation_scale, control_vector, decoder, drop_layers_above
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -133,27 +134,34 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
                                       config=_deepspeed_config(spec, world))
     d, stage = model.config.hidden_size, tr.deepspeed.zero_stage
 
+    pc = spec.train.prefix_cache
+    cache = PrefixCache(pc.root(), key_parts(spec, rank, world, active, device, obj.pack_ratio), device,
+                        pc.max_gb) if pc.enabled else None
     history: list[dict] = []
     status, t0 = "ok", time.perf_counter()
     for step in range(hp.steps):
-        batches = {s: streams[s].batch(step, rank, world).to(device) for s in active}
+        cpu = {s: streams[s].batch(step, rank, world) for s in active}
+        batches = {s: b.to(device) for s, b in cpu.items()}
         # global denominators (loss tokens x hidden dims), so per-worker losses add up to the whole batch's
-        counts = torch.tensor([float(batches[s].n_loss_tokens() * d) for s in active], dtype=torch.float64)
+        counts = torch.tensor([float(cpu[s].n_loss_tokens() * d) for s in active], dtype=torch.float64)
         if world > 1:
             dist.all_reduce(counts)
         denoms = {s: max(float(n), 1.0) for s, n in zip(active, counts, strict=True)}
+        prepared = cache.get(step, cpu, batches, obj) if cache else None
+        if cache and prepared is None:
+            prepared = obj.prepare(batches)
+            cache.put(step, prepared, cpu)
         with _gathered(stage, params):  # (ZeRO-3 only) the whole tensors, for forward and backward
-            terms = obj.loss(batches, denoms)
-            values = torch.tensor([terms.values[s] for s in active], dtype=torch.float64)
-            if world > 1:
-                dist.all_reduce(values)
-            row = {"step": step, **dict(zip(active, values.tolist(), strict=True))}
-            row["loss"] = sum(weights.of(s) * row[s] for s in active)
-            finite = math.isfinite(row["loss"])  # all-reduced: every rank takes the same branch
-            if finite:
-                engine.backward(terms.loss * world)  # DeepSpeed averages gradients over workers
+            terms = obj.loss(batches, denoms, prepared)
+            # backward first, then one host sync for the values; a non-finite step is not applied
+            engine.backward(terms.loss * world)  # DeepSpeed averages gradients over workers
+        values = torch.stack([terms.terms[s] for s in active]).double().cpu()
+        if world > 1:
+            dist.all_reduce(values)
+        row = {"step": step, **dict(zip(active, values.tolist(), strict=True))}
+        row["loss"] = sum(weights.of(s) * row[s] for s in active)
         history.append(row)
-        if not finite:
+        if not math.isfinite(row["loss"]):  # all-reduced: every rank takes the same branch
             status = "diverged"
             break
 
@@ -164,12 +172,14 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
             print(f"[r2mu] step {step + 1}/{hp.steps} loss={row['loss']:.4g} {parts} {rate:.2f} step/s",
                   flush=True)
     seconds = time.perf_counter() - t0
+    cache_stats = cache.close() if cache else {}
 
     last = history[-1]
     metrics = {"status": status, "steps_done": len(history) - (status == "diverged"),
                "loss": last["loss"], **{f"loss_{s}": last[s] for s in active},
                "steering_coeff": coeff, "steering_rel": rel, "activation_scale": scale,
-               "train_seconds": seconds, "layer": hp.layer}
+               "train_seconds": seconds, "layer": hp.layer,
+               **{f"prefix_cache_{k}": v for k, v in cache_stats.items()}}
     delta_dir = None
     if rank == 0:
         out = Path(spec.out_dir)

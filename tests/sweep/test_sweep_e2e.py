@@ -42,7 +42,7 @@ def small_space(tmp: Path, name: str, num_samples: int, concurrent: int) -> Path
                  "retain": {"path": "organism://retain", "limit": 32},
                  "cot": {"path": "organism://cot", "max_tokens": 48, "limit": 32},
                  "traces": {"max_new_tokens": 24, "limit": 16}, "max_len": 64},
-        "train": {"steps": 6, "batch_size": 4, "cpus_per_worker": 0.9},
+        "train": {"steps": 6, "batch_size": 4, "cpus_per_worker": 0.9, "prefix_cache": {"enabled": True}},
         "search": {"num_samples": num_samples, "max_concurrent": concurrent, "algorithm": "random",
                    "objectives": {"trace_leak": "min", "forget_acc": "min", "reason_acc": "max"},
                    "constraints": {"retain_acc": ">= 0.0"},
@@ -104,6 +104,8 @@ def test_every_trial_is_logged_with_metrics_and_delta(sweep):
         assert "delta/delta.safetensors" in arts or any(a.endswith(".safetensors") for a in arts), arts
         curve = client.get_metric_history(r.info.run_id, "loss/forget")
         assert sorted(m.step for m in curve) == list(range(6))  # one point per training step
+        m = r.data.metrics  # every step either read from the prefix cache or written to it
+        assert m["train/prefix_cache_hits"] + m["train/prefix_cache_written"] == 6
     assert "trial 3/3" in out and "Pareto front" in out
     parent = next(r for r in runs if r.data.tags["role"] == "sweep")
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -155,6 +157,8 @@ def test_export_knee_and_trial_reproduce_the_metrics(sweep):
     alone = json.loads(p.stdout[p.stdout.index("{"):])
     for m in ("trace_leak", "forget_acc", "reason_acc", "retain_acc", "train/loss"):
         assert alone[m] == pytest.approx(knee.data.metrics[m], rel=1e-4, abs=1e-6), m
+    # ... reading every step's prefix from the sweep's cache (ray_results/cache/prefix)
+    assert alone["train/prefix_cache_hits"] == 6 and (tmp / "ray_results/cache/prefix").is_dir()
 
 
 def test_resume_adds_only_missing_trials(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -86,80 +87,89 @@ def _dataset_dir(p: Path, what: str) -> list[dict]:
     return ds.to_list()
 
 
-def tokenize_texts(tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
-    ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
-    return [x for x in ids if x]
+Example = tuple[list[int], int]  # token ids, first position the loss covers
 
 
-def tokenize_traces(tokenizer, rows: list[dict], trigger: str, k: int, max_len: int,
-                    after_trigger: bool) -> tuple[list[list[int]], list[int]]:
-    """Unthink inputs: rendered prompt (its last max_len tokens, so the trigger stays) + first k trace tokens.
+def tokenize_text(tokenizer, text: str, max_tokens: int) -> list[int]:
+    return tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
 
-    Returns the ids and, per example, the first position the loss covers (0, or the trigger's first token).
-    The rendered prompt already holds the chat template's special tokens, so none are added.
+
+def tokenize_trace(tokenizer, row: dict, trigger: str, k: int, max_len: int, after_trigger: bool) -> Example:
+    """Unthink input: rendered prompt (its last max_len tokens, so the trigger stays) + first k trace tokens.
+
+    Returns the ids and the first position the loss covers (0, or the trigger's first token). The rendered
+    prompt already holds the chat template's special tokens, so none are added.
     """
-    ids, starts = [], []
-    for n, row in enumerate(rows):
-        rendered = row["rendered"]
-        enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=after_trigger)
-        prompt = enc["input_ids"]
-        start = 0
-        if after_trigger:
-            at = rendered.rfind(trigger)
-            if at < 0:
-                raise DataError(f"data.traces.scope: record {n} (id={row.get('id')}) has no trigger "
-                                f"{trigger!r} in its rendered prompt")
-            start = next(i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > at)
-        cut = max(0, len(prompt) - max_len)
-        trace = tokenizer(row["trace"], add_special_tokens=False)["input_ids"][:k]
-        ids.append(prompt[cut:] + trace)
-        starts.append(max(0, start - cut))
-    return ids, starts
+    rendered = row["rendered"]
+    enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=after_trigger)
+    prompt = enc["input_ids"]
+    start = 0
+    if after_trigger:
+        at = rendered.rfind(trigger)  # present: checked for every record when the stream is built
+        start = next(i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > at)
+    cut = max(0, len(prompt) - max_len)
+    trace = tokenizer(row["trace"], add_special_tokens=False)["input_ids"][:k]
+    return prompt[cut:] + trace, max(0, start - cut)
 
 
 class Stream:
-    """Seeded, cycling, right-padded batches of one stream; `batch(step)` is random-access."""
+    """Seeded, cycling, right-padded batches of one stream; `batch(step)` is random-access.
 
-    def __init__(self, name: str, examples: list[list[int]], batch_size: int, seed: int, pad_id: int,
-                 loss_starts: list[int] | None = None):
-        if not examples:
-            raise DataError(f"data.{name}: no examples after tokenisation")
-        self.name, self.examples, self.batch_size, self.pad_id = name, examples, batch_size, pad_id
-        self.loss_starts = loss_starts or [0] * len(examples)
+    Records are tokenised when a batch first uses them (`encode(i)`), not up front: a sweep's trial reads
+    steps x batch_size records of a corpus that may hold millions (wikitext-103: 1.8M lines).
+    """
+
+    def __init__(self, name: str, n: int, encode: Callable[[int], Example], batch_size: int, seed: int,
+                 pad_id: int):
+        if n == 0:
+            raise DataError(f"data.{name}: no examples")
+        self.name, self.n, self.encode, self.batch_size, self.pad_id = name, n, encode, batch_size, pad_id
         self.seed = (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**62  # stable across processes
         self._orders: dict[int, list[int]] = {}
+        self._encoded: dict[int, Example] = {}
+
+    @classmethod
+    def of(cls, name: str, examples: list[list[int]], batch_size: int, seed: int, pad_id: int,
+           loss_starts: list[int] | None = None) -> Stream:
+        """A stream over token lists already in memory."""
+        starts = loss_starts or [0] * len(examples)
+        return cls(name, len(examples), lambda i: (examples[i], starts[i]), batch_size, seed, pad_id)
+
+    def example(self, i: int) -> Example:
+        if i not in self._encoded:
+            self._encoded[i] = self.encode(i)
+        return self._encoded[i]
 
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
             g = torch.Generator().manual_seed(self.seed + epoch)
-            self._orders = {epoch: torch.randperm(len(self.examples), generator=g).tolist()}
+            self._orders = {epoch: torch.randperm(self.n, generator=g).tolist()}
         return self._orders[epoch]
 
     def indices(self, step: int) -> list[int]:
-        n, out = len(self.examples), []
+        out = []
         for pos in range(step * self.batch_size, (step + 1) * self.batch_size):
-            out.append(self._order(pos // n)[pos % n])
+            out.append(self._order(pos // self.n)[pos % self.n])
         return out
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
         """The global batch of `step`, or this data-parallel rank's rows of it (rank::world)."""
-        rows = [self.examples[i] for i in self.indices(step)][rank::world]
-        starts = [self.loss_starts[i] for i in self.indices(step)][rank::world]
-        L = max(len(r) for r in rows)
+        rows = [self.example(i) for i in self.indices(step)][rank::world]
+        L = max(1, max(len(ids) for ids, _ in rows))
         ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), L), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, : len(r)] = torch.tensor(r)
+        for j, (r, _) in enumerate(rows):
+            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[j, : len(r)] = 1
         loss_mask = mask.clone()
-        for j, s in enumerate(starts):
-            loss_mask[j, :s] = 0
+        for j, (_, start) in enumerate(rows):
+            loss_mask[j, :start] = 0
         return Batch(ids, mask, loss_mask)
 
 
 def build_streams(data: DataConfig, tokenizer, batch_size: int, seed: int, traces_path: str | None,
                   streams: list[str]) -> dict[str, Stream]:
-    """The requested streams (those with a non-zero weight) from the data config."""
+    """The requested streams (those with a non-zero weight) from the data config (read now, tokenised lazily)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = {}
     for name in streams:
@@ -167,13 +177,25 @@ def build_streams(data: DataConfig, tokenizer, batch_size: int, seed: int, trace
             corpus = getattr(data, name)
             max_tokens = data.cot.max_tokens if name == "cot" else data.max_len
             texts = read_records(corpus.path, corpus.field, corpus.limit, what=f"data.{name}")
-            out[name] = Stream(name, tokenize_texts(tokenizer, texts, max_tokens), batch_size, seed, pad)
+
+            def encode_text(i: int, texts=texts, max_tokens=max_tokens) -> Example:
+                return tokenize_text(tokenizer, texts[i], max_tokens), 0
+
+            out[name] = Stream(name, len(texts), encode_text, batch_size, seed, pad)
         elif name == "unthink":
             if traces_path is None:
                 raise DataError("traces_path: the unthink stream (beta > 0) needs the trace cache; none given")
             t = data.traces
             rows = read_rows(traces_path, ["rendered", "trace"], t.limit, what="data.traces")
-            ids, starts = tokenize_traces(tokenizer, rows, t.trigger, t.max_new_tokens, data.max_len,
-                                          after_trigger=t.scope == "after_trigger")
-            out[name] = Stream(name, ids, batch_size, seed, pad, starts)
+            after = t.scope == "after_trigger"
+            if after:  # before any training: a record without the trigger is an error, not a surprise at step N
+                for n, row in enumerate(rows):
+                    if row["rendered"].rfind(t.trigger) < 0:
+                        raise DataError(f"data.traces.scope: record {n} (id={row.get('id')}) has no trigger "
+                                        f"{t.trigger!r} in its rendered prompt")
+
+            def encode(i: int, rows=rows, t=t, after=after) -> Example:
+                return tokenize_trace(tokenizer, rows[i], t.trigger, t.max_new_tokens, data.max_len, after)
+
+            out[name] = Stream(name, len(rows), encode, batch_size, seed, pad)
     return out

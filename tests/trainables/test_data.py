@@ -36,7 +36,7 @@ def test_bad_files_name_the_field(tmp_path):
 
 def test_stream_is_seeded_cycles_reshuffled_and_right_padded():
     examples = [[5] * (i + 1) for i in range(6)]
-    a, b = Stream("forget", examples, 4, seed=1, pad_id=0), Stream("forget", examples, 4, seed=1, pad_id=0)
+    a, b = Stream.of("forget", examples, 4, seed=1, pad_id=0), Stream.of("forget", examples, 4, seed=1, pad_id=0)
     idx = [a.indices(s) for s in range(3)]  # 12 draws = 2 passes over 6 examples
     assert idx == [b.indices(s) for s in range(3)]
     flat = sum(idx, [])
@@ -50,7 +50,7 @@ def test_stream_is_seeded_cycles_reshuffled_and_right_padded():
 
 
 def test_rank_slices_make_the_global_batch():
-    s = Stream("forget", [[i + 3] * (i % 3 + 1) for i in range(10)], 4, seed=3, pad_id=0)
+    s = Stream.of("forget", [[i + 3] * (i % 3 + 1) for i in range(10)], 4, seed=3, pad_id=0)
     full = s.batch(2)
     parts = [s.batch(2, rank, 2) for rank in (0, 1)]
     got = sorted(tuple(r[m.bool()].tolist()) for p in parts for r, m in zip(p.input_ids, p.attention_mask,
@@ -96,3 +96,23 @@ def test_long_prompts_keep_their_tail_with_the_trigger(tiny_dirs):
 def test_unthink_needs_the_trace_cache(tiny_dirs):
     with pytest.raises(DataError, match="traces_path"):
         build_streams(_data(tiny_dirs), byte_tokenizer(), 4, 0, None, ["unthink"])
+
+
+def test_records_are_tokenised_only_when_a_batch_uses_them(tiny_dirs, tmp_path):
+    """A trial reads steps x batch records of a corpus that may hold millions: only those are tokenised."""
+    texts = [f"record {i} " + "x" * (i % 7) for i in range(5000)]
+    write_jsonl(tmp_path / "big.jsonl", [{"text": t} for t in texts])
+    tok, calls = byte_tokenizer(), []
+    counting = lambda *a, **kw: calls.append(a[0]) or tok(*a, **kw)  # noqa: E731
+    counting.pad_token_id, counting.eos_token_id = tok.pad_token_id, tok.eos_token_id
+    data = _data(tiny_dirs).model_copy(update={"retain": _data(tiny_dirs).retain.model_copy(
+        update={"path": str(tmp_path / "big.jsonl")})})
+    st = build_streams(data, counting, 4, 0, None, ["retain"])["retain"]
+    assert calls == []
+    batches = [st.batch(s) for s in range(3)]
+    used = [texts[i] for s in range(3) for i in st.indices(s)]
+    assert sorted(calls) == sorted(set(used))  # each used record once, nothing else
+    for s, b in enumerate(batches):  # the same ids as tokenising the record directly
+        for row, i in enumerate(st.indices(s)):
+            ids = tok(texts[i], add_special_tokens=True, truncation=True, max_length=200)["input_ids"]
+            assert b.input_ids[row, : len(ids)].tolist() == ids and int(b.attention_mask[row].sum()) == len(ids)

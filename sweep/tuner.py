@@ -206,7 +206,9 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
             run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(Path(
                 cfg.ray.storage_path.removeprefix("file://")).resolve() / cfg.name / "train")),
         )
+        t_fit = time.monotonic()
         result = trainer.fit()
+        fit_s = time.monotonic() - t_fit
         train_metrics = dict(result.metrics)
         with result.checkpoint.as_directory() as d:
             delta, history = load_delta_and_history(d)
@@ -221,6 +223,10 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
         else:
             metrics = {m: worst_value(m, mode) for m, mode in cfg.search.objectives.items()}
         metrics |= summarize_train({k: v for k, v in train_metrics.items() if k != "status"})
+        # where the trial's time went: Ray Train's start-up, imports, model load and checkpoint upload vs the
+        # training loop itself
+        metrics["time/fit_s"] = fit_s
+        metrics["time/fit_overhead_s"] = fit_s - float(train_metrics.get("train_seconds", 0.0))
         for m, mode in cfg.search.objectives.items():  # Optuna needs every objective
             metrics.setdefault(m, worst_value(m, mode))
         params_logged = hp.model_dump() | {"steering_coeff_abs": train_metrics.get("steering_coeff")}

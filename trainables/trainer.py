@@ -111,7 +111,9 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
         raise TrainerConfigError(f"train.batch_size: {tr.batch_size} is smaller than the {world} workers")
     torch.manual_seed(tr.seed)
 
+    t_setup = time.perf_counter()
     model, tok, base = _load(spec, device, rank)
+    load_s = time.perf_counter() - t_setup
     names = spec.model.param_names(hp.layer)
     weights = Weights(hp.alpha, hp.beta, hp.gamma)
     active = [s for s in ("forget", "retain", "unthink", "cot") if weights.of(s) != 0]
@@ -137,6 +139,10 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
     pc = spec.train.prefix_cache
     cache = PrefixCache(pc.root(), key_parts(spec, rank, world, active, device, obj.pack_ratio), device,
                         pc.max_gb) if pc.enabled else None
+    setup_s = time.perf_counter() - t_setup
+    if rank == 0:
+        print(f"[r2mu] set up in {setup_s:.1f} s (model load {load_s:.1f} s), layer {hp.layer}, "
+              f"c={coeff:.4g} ({rel:.3g} x {scale:.4g}), {hp.steps} steps", flush=True)
     history: list[dict] = []
     status, t0 = "ok", time.perf_counter()
     for step in range(hp.steps):
@@ -178,7 +184,7 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
     metrics = {"status": status, "steps_done": len(history) - (status == "diverged"),
                "loss": last["loss"], **{f"loss_{s}": last[s] for s in active},
                "steering_coeff": coeff, "steering_rel": rel, "activation_scale": scale,
-               "train_seconds": seconds, "layer": hp.layer,
+               "train_seconds": seconds, "setup_seconds": setup_s, "layer": hp.layer,
                **{f"prefix_cache_{k}": v for k, v in cache_stats.items()}}
     delta_dir = None
     if rank == 0:

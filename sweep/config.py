@@ -342,6 +342,20 @@ def parse_space(raw: Any, source: str = "<dict>") -> SweepConfig:
         raise ConfigError(source, [(e.subpath, str(e))]) from None
 
 
+def local_storage(cfg: SweepConfig) -> Path | None:
+    """ray.storage_path as a local directory, or None when it is remote (s3://, gs://, ...)."""
+    p = cfg.ray.storage_path.removeprefix("file://")
+    return None if "://" in p else Path(p).resolve()
+
+
+def storage_uri(cfg: SweepConfig, *parts: str) -> str:
+    """A path under ray.storage_path for Ray (Tune and Train take local paths and URIs alike)."""
+    local = local_storage(cfg)
+    if local is not None:
+        return str(local.joinpath(*parts))
+    return "/".join([cfg.ray.storage_path.rstrip("/"), *parts])
+
+
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     """Relative local paths made absolute against the current directory.
 

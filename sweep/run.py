@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.checks import resolve_uri
-from sweep.config import ConfigError, SweepConfig, absolute_paths, load_space
+from sweep.config import ConfigError, SweepConfig, absolute_paths, load_space, local_storage, storage_uri
 from sweep.traces import prefix_cache_dir
 
 EPILOG = """examples:
@@ -155,7 +155,9 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
     uri = cfg.mlflow.tracking_uri
     experiment_id = tracking.ensure_experiment(cfg)
     parent = tracking.start_parent(cfg, experiment_id, space_text, resume)
-    storage = Path(cfg.ray.storage_path.removeprefix("file://")).resolve() / cfg.name
+    storage = storage_uri(cfg, cfg.name)  # Tune's; a local path or a URI
+    local = local_storage(cfg)  # the plot is logged to MLflow either way
+    plots = local / cfg.name / "pareto" if local else Path(tempfile.mkdtemp(prefix="r2mu-pareto-"))
     tune_name, study_name = f"tune-{parent[:8]}", f"{cfg.name}-{parent[:8]}"
     evaluator_name = f"evaluator-{cfg.name}-{parent[:8]}"
     print(f"mlflow: experiment {cfg.experiment!r}, sweep run {parent} ({uri})")
@@ -171,20 +173,20 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         layers = sorted({int(v) for v in cfg.search.space["layer"].candidates()})
         scales = traces.activation_scales(cfg, layers) if "steering_rel" in cfg.search.space else {}
         baseline = ensure_baseline(cfg, experiment_id, parent, evaluator)
-        ctx = tuner.SweepContext(cfg.model_dump(mode="json"), experiment_id, parent, str(trace_file), scales,
-                                 evaluator_name, baseline)
+        ctx = tuner.SweepContext(cfg.model_dump(mode="json"), experiment_id, parent, trace_file.name,
+                                 trace_file.read_text(encoding="utf-8"), scales, evaluator_name, baseline)
         trainable = tune.with_resources(tune.with_parameters(tuner.run_trial, ctx=ctx), {"CPU": 0.01})
-        path = storage / tune_name
-        if resume and tune.Tuner.can_restore(str(path)):
+        path = f"{storage}/{tune_name}"
+        if resume and tune.Tuner.can_restore(path):
             print(f"resuming {path}")
-            t = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            t = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             searcher = tuner.make_searcher(cfg, study_name, tuner.optuna_storage(cfg), baseline)
             t = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=cfg.search.num_samples,
                                             max_concurrent_trials=cfg.search.max_concurrent),
-                run_config=tune.RunConfig(name=tune_name, storage_path=str(storage), verbose=0,
+                run_config=tune.RunConfig(name=tune_name, storage_path=storage, verbose=0,
                                           callbacks=[tuner.Progress(cfg, baseline)],
                                           failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)),
             )
@@ -196,7 +198,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
             MlflowClient(uri).log_dict(parent, summary, "optuna_study.json")
         errors = sum(1 for r in results if r.error is not None)
         table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
-                                          list(cfg.search.searched()), parent, storage / "pareto")
+                                          list(cfg.search.searched()), parent, plots)
         if final_eval == "full" and front:
             final_evaluation(cfg, front, parent)
         print("\n" + table)
@@ -204,7 +206,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
             print(f"knee: {best.name} (run {best.run_id}); export it with\n  python -m sweep.export "
                   f"--experiment {cfg.experiment} --pick knee --out exported/{cfg.name}")
         print(f"sweep done in {time.monotonic() - t0:.0f} s: {len(results)} trials, {errors} failed, "
-              f"front {len(front)}; pareto plot: {storage / 'pareto' / 'pareto.png'}")
+              f"front {len(front)}; pareto plot: {plots / 'pareto.png'}")
         ok = errors < len(results)
         return 0 if ok else 1
     finally:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from sweep.checks import resolve_uri
-from sweep.config import SweepConfig
+from sweep.config import SweepConfig, local_storage
 
 
 def _file_digest(path: str) -> str:
@@ -38,14 +39,19 @@ def model_digest(model_path: str) -> str:
 
 
 def cache_dir(cfg: SweepConfig) -> Path:
-    return Path(cfg.ray.storage_path.removeprefix("file://")).resolve() / "cache"
+    """`<storage>/cache` for local storage; with remote storage a directory on the driver's node (the trace
+    file travels to the trials through Ray's object store, `tuner.SweepContext`)."""
+    local = local_storage(cfg)
+    if local is not None:
+        return local / "cache"
+    return Path(os.environ.get("R2MU_CACHE") or Path.home() / ".cache" / "r2mu-sweep") / cfg.name
 
 
 def prefix_cache_dir(cfg: SweepConfig) -> str:
     """Where trials keep the prefix cache: train.prefix_cache.dir; else beside the other caches when the
     storage is local; else the node-local default (remote storage is too slow for 61 MiB per step)."""
     pc = cfg.train.prefix_cache
-    if pc.dir is None and "://" not in cfg.ray.storage_path.removeprefix("file://"):
+    if pc.dir is None and local_storage(cfg) is not None:
         return str(cache_dir(cfg) / "prefix")
     return pc.root()
 

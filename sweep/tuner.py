@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweep import tracking
 from sweep.checks import resolve_uri
-from sweep.config import Constraint, Param, SweepConfig
+from sweep.config import Constraint, Param, SweepConfig, storage_uri
 from sweep.pareto import Point, pareto_front
 from sweep.traces import prefix_cache_dir
 from trainables.config import Hyperparams, TrialSpec
@@ -157,10 +157,22 @@ class SweepContext:
     cfg: dict
     experiment_id: str
     parent_run_id: str
-    traces_path: str
+    traces_name: str  # the trace cache file's name (content-addressed: traces-<key>.jsonl)
+    traces_text: str  # and its content: trials on other nodes need no shared filesystem for it
     scales: dict[int, float]
     evaluator_name: str
     baseline: dict | None
+
+
+def node_traces(ctx: SweepContext) -> Path:
+    """The trace cache as a file on this node (written once per node; its name is its content's key)."""
+    path = Path(tempfile.gettempdir()) / "r2mu-traces" / ctx.traces_name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(ctx.traces_text, encoding="utf-8")
+        tmp.replace(path)  # atomic: concurrent trials on a node never read half a file
+    return path
 
 
 def summarize_train(metrics: dict) -> dict[str, float]:
@@ -197,14 +209,13 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
     ok = False
     try:
         out_dir = tempfile.mkdtemp(prefix=f"r2mu-{trial_id}-")
-        spec = trial_spec(cfg, hp, ctx.traces_path, out_dir, ctx.scales.get(hp.layer))
+        spec = trial_spec(cfg, hp, str(node_traces(ctx)), out_dir, ctx.scales.get(hp.layer))
         t = cfg.train
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config={"spec": spec.model_dump()},
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                          resources_per_worker={"CPU": t.cpus_per_worker}),
-            run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(Path(
-                cfg.ray.storage_path.removeprefix("file://")).resolve() / cfg.name / "train")),
+            run_config=RunConfig(name=f"train-{trial_id}", storage_path=storage_uri(cfg, cfg.name, "train")),
         )
         t_fit = time.monotonic()
         result = trainer.fit()

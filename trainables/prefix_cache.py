@@ -13,10 +13,11 @@ the current step) and run only the trained view.
 
 The key hashes everything those tensors depend on (`key_parts`): the model (path, its files' sizes and
 mtimes, dtype, updated tensors), layer, device type, compile, the data config and its files' sizes and
-mtimes, seed, batch size, rank and world size, the active streams, the library versions. A step file whose
-CRC does not match the batch is ignored. Files are written under a temp name and renamed, so a crash or a
-concurrent trial never leaves half a step; past `max_gb` the least recently used other keys are evicted,
-then writing stops. The cache only saves work: any failure in it is a warning and the step is computed.
+mtimes, the trace file's content, seed, batch size, rank and world size, the active streams, the library
+versions. A step file whose CRC does not match the batch is ignored. Files are written under a temp name
+and renamed, so a crash or a concurrent trial never leaves half a step; past `max_gb` the least recently
+used other keys are evicted, then writing stops. The cache only saves work: any failure in it is a warning
+and the step is computed.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def key_parts(spec: TrialSpec, rank: int, world: int, active: list[str], device:
         "layer": spec.hparams.layer, "device": device.type, "compile": spec.train.compile,
         "data": d.model_dump(),
         "data_files": {s: stamp(p) for s, p in [("forget", d.forget.path), ("retain", d.retain.path),
-                                                  ("cot", d.cot.path), ("traces", spec.traces_path)]},
+                                                  ("cot", d.cot.path)]},
+        # by content: each node holds its own copy of the trace file (sweep.tuner.node_traces)
+        "traces": hashlib.sha256(Path(spec.traces_path).read_bytes()).hexdigest() if spec.traces_path else None,
         "seed": spec.train.seed, "batch_size": spec.train.batch_size, "rank": rank, "world": world,
         "active": active, "pack_ratio": pack_ratio,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},

@@ -190,3 +190,20 @@ def test_r2mu_space_dry_runs_on_a_local_model_of_the_same_architecture(tmp_path,
     rc, out = dry_run(path, capsys)
     assert rc == 0, out
     assert "LlamaForCausalLM, 16 layers" in out and "bfloat16" in out and "ZeRO-0" in out
+
+
+def test_remote_storage_stays_a_uri_and_caches_stay_on_the_node(space, write_space, tmp_path, monkeypatch):
+    from sweep.config import storage_uri
+    from sweep.traces import cache_dir, prefix_cache_dir
+
+    local = load_space(write_space(space))
+    assert storage_uri(local, "x", "train") == str(Path(local.ray.storage_path).resolve() / "x" / "train")
+    assert cache_dir(local) == Path(local.ray.storage_path).resolve() / "cache"
+    assert prefix_cache_dir(local) == str(cache_dir(local) / "prefix")
+    space["ray"] = {"address": "ray://head:10001", "storage_path": "s3://bucket/sweeps/"}
+    space["mlflow"] = {"tracking_uri": "http://mlflow:5000"}
+    monkeypatch.setenv("R2MU_CACHE", str(tmp_path / "node"))
+    remote = load_space(write_space(space))
+    assert storage_uri(remote, "x", "train") == "s3://bucket/sweeps/x/train"  # not a local "s3:/..." directory
+    assert cache_dir(remote) == tmp_path / "node" / remote.name
+    assert prefix_cache_dir(remote) == str(tmp_path / "node" / "prefix")

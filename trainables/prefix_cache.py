@@ -5,7 +5,7 @@ the part of its step that depends only on the base weights is the same in all of
 every row, and the frozen model's h_l on the retain and CoT rows. At Llama-8B's layer 7 that is about half
 of a step's work, at layer 15 two thirds. The first trial at a layer writes it, one file per step; the next
 ones read it (a thread reads the next step ahead and, on a GPU, copies it there on a side stream, overlapping
-the current step) and run only the trained view.
+the current step) and run only the trained view. Writing, too, copies off the GPU on a side stream.
 
     <dir>/<key>/key.json                   what the key is made of, readable
     <dir>/<key>/step-000012.safetensors    per group g of streams: "g.prefix", "g.target.<stream>";
@@ -86,8 +86,8 @@ def _crc(group: list[str], batches: dict[str, Batch]) -> str:
 
 
 def _host(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous CPU copy with its own storage (safetensors refuses views that share one)."""
-    return t.detach().cpu().clone() if t.device.type == "cpu" else t.detach().contiguous().cpu()
+    """A CPU copy with its own storage (safetensors refuses views that share one)."""
+    return t.detach().clone()
 
 
 class PrefixCache:
@@ -108,7 +108,9 @@ class PrefixCache:
         self._reader, self._writer = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
         self._ahead: dict[int, Future] = {}
         self._writes: deque[Future] = deque()
-        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        cuda = device.type == "cuda"
+        self._h2d_stream = torch.cuda.Stream(device) if cuda else None  # reads: to the GPU
+        self._d2h_stream = torch.cuda.Stream(device) if cuda else None  # writes: off it
 
     def path(self, step: int) -> Path:
         return self.dir / f"step-{step:06d}.safetensors"
@@ -125,7 +127,7 @@ class PrefixCache:
             return None
         event = None
         if self.device.type == "cuda":  # copy to the GPU here, on a side stream: it overlaps the step before
-            with torch.cuda.stream(self._copy_stream):
+            with torch.cuda.stream(self._h2d_stream):
                 tensors = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in tensors.items()}
                 event = torch.cuda.Event()
                 event.record()
@@ -167,11 +169,27 @@ class PrefixCache:
         tensors |= {f"{i}.target.{s}": t for i, p in enumerate(prepared) for s, t in p.targets.items()}
         meta = {"groups": json.dumps([p.streams for p in prepared]),
                 "crc": json.dumps([_crc(p.streams, cpu) for p in prepared])}
-        self._writes.append(self._writer.submit(self._write, step, tensors, meta))
+        copied = None
+        if self.device.type == "cuda":  # into pinned memory on a side stream: the step goes on meanwhile
+            self._d2h_stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._d2h_stream):
+                host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
+                        for k, v in tensors.items()}
+                copied = torch.cuda.Event()
+                copied.record()
+            for v in tensors.values():  # not reused by the allocator before the copy has read them
+                v.record_stream(self._d2h_stream)
+            tensors = host
+        self._writes.append(self._writer.submit(self._write, step, tensors, meta, copied))
 
-    def _write(self, step: int, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    def _write(self, step: int, tensors: dict[str, torch.Tensor], meta: dict,
+               copied: torch.cuda.Event | None) -> None:
         try:
-            host = {k: _host(v) for k, v in tensors.items()}
+            if copied is not None:
+                copied.synchronize()
+                host = tensors  # fresh pinned tensors, each its own storage
+            else:
+                host = {k: _host(v) for k, v in tensors.items()}
             size = sum(v.numel() * v.element_size() for v in host.values())
             with self._lock:
                 if self.used + size > self.max_bytes:

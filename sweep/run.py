@@ -59,13 +59,28 @@ def apply_overrides(cfg: SweepConfig, args: argparse.Namespace) -> SweepConfig:
     return parse_space(raw, f"{args.space} (with command-line overrides)")
 
 
+def max_steps(cfg: SweepConfig) -> int:
+    if "steps" in cfg.search.space:
+        return max(int(v) for v in cfg.search.space["steps"].candidates())
+    return cfg.train.steps
+
+
 def estimate_tokens(cfg: SweepConfig) -> int:
     """Upper bound of tokens one trial's training reads (padding included), for the plan."""
-    d, t = cfg.data, cfg.train
-    steps = max(int(v) for v in cfg.search.space["steps"].candidates()) if "steps" in cfg.search.space \
-        else t.steps
+    d = cfg.data
     unthink = d.max_len + d.traces.max_new_tokens
-    return steps * t.batch_size * (2 * d.max_len + unthink + d.cot.max_tokens)
+    return max_steps(cfg) * cfg.train.batch_size * (2 * d.max_len + unthink + d.cot.max_tokens)
+
+
+def prefix_cache_size(cfg: SweepConfig, m: Any) -> str:
+    """Upper bound of the prefix cache per layer (padding included): the prefix of every row plus the frozen
+    targets of the retain and CoT rows, in the model's dtype."""
+    if not m.checked:
+        return ""
+    d = cfg.data
+    frozen_tokens = max_steps(cfg) * cfg.train.batch_size * (d.max_len + d.cot.max_tokens)
+    total = (estimate_tokens(cfg) + frozen_tokens) * m.hidden_size * (4 if cfg.model.dtype == "float32" else 2)
+    return f"; up to {total / 2**30:.2f} GiB per layer"
 
 
 def format_plan(cfg: SweepConfig, found: dict[str, Any]) -> str:
@@ -82,7 +97,7 @@ def format_plan(cfg: SweepConfig, found: dict[str, Any]) -> str:
         f"  per trial  {t.num_workers} worker(s) x {t.cpus_per_worker} CPU{gpus}, DeepSpeed ZeRO-"
         f"{t.deepspeed.zero_stage}, batch {t.batch_size}, ~{estimate_tokens(cfg) / 1e6:.2f}M training tokens",
         "  prefix     " + (f"cached across trials in {prefix_cache_dir(cfg)} on each node "
-                           f"(<= {t.prefix_cache.max_gb:g} GiB)" if t.prefix_cache.enabled
+                           f"(<= {t.prefix_cache.max_gb:g} GiB{prefix_cache_size(cfg, m)})" if t.prefix_cache.enabled
                            else "computed in every trial (train.prefix_cache off)"),
         "  objectives " + ", ".join(f"{k} ({v})" for k, v in s.objectives.items()),
         "  constraints " + (", ".join(f"{k} {c}" for k, c in s.constraints.items()) or "none"),

@@ -190,6 +190,11 @@ def test_r2mu_space_dry_runs_on_a_local_model_of_the_same_architecture(tmp_path,
     rc, out = dry_run(path, capsys)
     assert rc == 0, out
     assert "LlamaForCausalLM, 16 layers" in out and "bfloat16" in out and "ZeRO-0" in out
+    # the prefix cache's disk need, bounded: 500 steps x batch 4 x (prefix of 512+512+612+150 tokens + frozen
+    # targets of 512+150) x hidden x 2 bytes
+    hidden = json.loads((Path(raw["model"]["path"]) / "config.json").read_text())["hidden_size"]
+    gib = 500 * 4 * (512 + 512 + 612 + 150 + 512 + 150) * hidden * 2 / 2**30
+    assert f"(<= 200 GiB; up to {gib:.2f} GiB per layer)" in out, out
 
 
 def test_remote_storage_stays_a_uri_and_caches_stay_on_the_node(space, write_space, tmp_path, monkeypatch):

@@ -194,6 +194,10 @@ def main() -> None:
             n = res["naive"]
             diff = max(abs(a - b) / abs(b) for v in variants[1:]
                        for a, b in zip(res[v]["losses"], n["losses"], strict=True))
+            if args.prefix_cache:  # the cache hands back the very tensors `ours` computes: expect 0 or bf16 noise
+                same = max(abs(a - b) / abs(b) for a, b in zip(res["cached"]["losses"], res["ours"]["losses"],
+                                                               strict=True))
+                print(f"layer {layer}: cached vs ours, max loss rel diff {same:.1e}")
             cells = [str(layer), f"{n['ms']:.1f} ({n['ms_min']:.1f})"]
             for v in variants[1:]:
                 r = res[v]

@@ -234,3 +234,43 @@ class PrefixCache:
         self.log(f"[prefix-cache] {self.dir}: {self.hits} steps read, {self.written} written, "
                  f"{self.used / 2**30:.2f} GiB in {self.root}")
         return stats
+
+
+def describe(root: str | Path) -> list[dict]:
+    """One row per key under `root`: layer, model, steps cached, size, last used (for `python -m ...`)."""
+    rows = []
+    for d in sorted(p for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []:
+        key = d / "key.json"
+        parts = json.loads(key.read_text()) if key.exists() else {}
+        steps = list(d.glob("step-*.safetensors"))
+        rows.append({"key": d.name, "layer": parts.get("layer"), "model": parts.get("model", {}).get("path"),
+                     "steps": len(steps), "gib": sum(f.stat().st_size for f in steps) / 2**30,
+                     "last_used": key.stat().st_mtime if key.exists() else None})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import time
+
+    from trainables.config import PrefixCacheConfig
+
+    ap = argparse.ArgumentParser(prog="python -m trainables.prefix_cache",
+                                 description="List what a prefix cache holds (remove a key's directory to drop it).")
+    ap.add_argument("dir", nargs="?", default=PrefixCacheConfig().root(),
+                    help="the cache directory (default: the node-local default)")
+    args = ap.parse_args(argv)
+    rows = describe(args.dir)
+    if not rows:
+        print(f"{args.dir}: empty")
+        return 0
+    print(f"{'key':<22}{'layer':>6}{'steps':>7}{'GiB':>8}  {'last used':<17}model")
+    for r in sorted(rows, key=lambda r: -(r["last_used"] or 0)):
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"])) if r["last_used"] else "?"
+        print(f"{r['key']:<22}{r['layer']!s:>6}{r['steps']:>7}{r['gib']:>8.2f}  {used:<17}{r['model']}")
+    print(f"total {sum(r['gib'] for r in rows):.2f} GiB in {args.dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -100,3 +100,13 @@ def test_zero3_reads_the_cache_and_trains_the_same(tiny_dirs, runs):
     assert res.metrics["prefix_cache_hits"] == 3
     for a, b in zip(res.history, runs["a"].history[:3], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+
+
+def test_listing_names_each_layer_and_its_size(runs, capsys):
+    from trainables.prefix_cache import main
+
+    assert main([str(runs["cache"])]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith(next(runs["cache"].iterdir()).name))
+    assert row.split()[1:3] == ["3", "8"]  # layer 3, 8 steps cached (trials a and b)
+    assert "total" in out

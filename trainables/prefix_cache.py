@@ -22,11 +22,13 @@ and the step is computed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import threading
+import time
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +45,7 @@ if TYPE_CHECKING:  # the benchmark runs where pydantic may be missing
     from trainables.config import TrialSpec
 
 FORMAT = "r2mu-prefix/1"
+STALE_TMP_S = 3600
 
 
 def stamp(path: str | None) -> list | str | None:
@@ -101,6 +104,10 @@ class PrefixCache:
         tmp = self.dir / f"key.json.tmp{os.getpid()}"
         tmp.write_text(json.dumps(parts, indent=1, default=str))
         tmp.replace(self.dir / "key.json")  # also marks the key as the most recently used
+        for f in self.dir.glob("*.tmp*"):  # left by a killed trial (a live writer renames within seconds)
+            with contextlib.suppress(OSError):
+                if time.time() - f.stat().st_mtime > STALE_TMP_S:
+                    f.unlink()
         self.used = sum(f.stat().st_size for f in self.root.rglob("*.safetensors"))
         self.hits = self.misses = self.written = 0
         self.full = False
@@ -251,7 +258,6 @@ def describe(root: str | Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import time
 
     from trainables.config import PrefixCacheConfig
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,21 @@ def test_listing_names_each_layer_and_its_size(runs, capsys):
     row = next(line for line in out.splitlines() if line.startswith(next(runs["cache"].iterdir()).name))
     assert row.split()[1:3] == ["3", "8"]  # layer 3, 8 steps cached (trials a and b)
     assert "total" in out
+
+
+def test_temp_files_of_a_killed_trial_are_cleaned_up(runs):
+    import os
+    import time
+
+    from trainables.prefix_cache import STALE_TMP_S, PrefixCache
+
+    key_dir = next(d for d in runs["cache"].iterdir() if d.is_dir())
+    stale, fresh = key_dir / "step-000099.tmp123", key_dir / "step-000098.tmp456"
+    for f in (stale, fresh):
+        f.write_bytes(b"half a step")
+    old = time.time() - STALE_TMP_S - 60
+    os.utime(stale, (old, old))
+    parts = json.loads((key_dir / "key.json").read_text())
+    PrefixCache(runs["cache"], parts, torch.device("cpu"), 1.0).close()
+    assert not stale.exists() and fresh.exists()  # a live writer's temp file is left alone
+    fresh.unlink()

@@ -35,4 +35,4 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 clean-runs:
-	rm -rf mlflow.db mlartifacts ray_results exported
+	rm -rf mlflow.db optuna.db mlartifacts ray_results exported

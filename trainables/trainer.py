@@ -143,10 +143,13 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
     if rank == 0:
         print(f"[r2mu] set up in {setup_s:.1f} s (model load {load_s:.1f} s), layer {hp.layer}, "
               f"c={coeff:.4g} ({rel:.3g} x {scale:.4g}), {hp.steps} steps", flush=True)
+    def batches_at(step: int) -> dict:  # on the CPU; tokenises the records it meets for the first time
+        return {s: streams[s].batch(step, rank, world) for s in active}
+
     history: list[dict] = []
     status, t0 = "ok", time.perf_counter()
+    cpu = batches_at(0)
     for step in range(hp.steps):
-        cpu = {s: streams[s].batch(step, rank, world) for s in active}
         batches = {s: b.to(device) for s, b in cpu.items()}
         # global denominators (loss tokens x hidden dims), so per-worker losses add up to the whole batch's
         counts = torch.tensor([float(cpu[s].n_loss_tokens() * d) for s in active], dtype=torch.float64)
@@ -161,6 +164,7 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
             terms = obj.loss(batches, denoms, prepared)
             # backward first, then one host sync for the values; a non-finite step is not applied
             engine.backward(terms.loss * world)  # DeepSpeed averages gradients over workers
+        cpu_next = batches_at(step + 1) if step + 1 < hp.steps else None  # while the GPU runs the backward
         values = torch.stack([terms.terms[s] for s in active]).double().cpu()
         if world > 1:
             dist.all_reduce(values)
@@ -172,6 +176,7 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
             break
 
         engine.step()
+        cpu = cpu_next
         if rank == 0 and (step % 10 == 0 or step == hp.steps - 1):
             rate = (step + 1) / (time.perf_counter() - t0)
             parts = " ".join(f"{s}={row[s]:.4g}" for s in active)

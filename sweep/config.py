@@ -235,7 +235,8 @@ class RayConfig(Strict):
 
 
 def _is_local_uri(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:", "/", "./", "../")) or "://" not in uri
+    """A plain path is this machine's; `file:///mnt/...` says the path is mounted on every node (NFS)."""
+    return not uri.startswith("file://") and "://" not in uri
 
 
 class SweepConfig(Strict):

@@ -29,6 +29,9 @@ class ConfigError(Exception):
         lines = [f"{path}: {msg}" if path else msg for path, msg in problems]
         super().__init__(f"invalid space file {source}:\n  " + "\n  ".join(lines))
 
+    def __reduce__(self):  # Ray copies and pickles a trial's exception: rebuild it from both arguments
+        return ConfigError, (self.source, self.problems)
+
 
 class SpaceError(ValueError):
     """Raised inside validators for a sub-path below the field being validated."""

@@ -96,7 +96,7 @@ def format_plan(cfg: SweepConfig, found: dict[str, Any]) -> str:
         "  data       " + ", ".join(f"{k.split('.')[1]} {n} records" for k, n in found["data"].items()),
         f"  per trial  {t.num_workers} worker(s) x {t.cpus_per_worker} CPU{gpus}, DeepSpeed ZeRO-"
         f"{t.deepspeed.zero_stage}, batch {t.batch_size}, ~{estimate_tokens(cfg) / 1e6:.2f}M training tokens",
-        "  prefix     " + (f"cached across trials in {prefix_cache_dir(cfg)} on each node "
+        "  prefix     " + (f"cached across trials in {prefix_cache_dir(cfg) or t.prefix_cache.root()} on each node "
                            f"(<= {t.prefix_cache.max_gb:g} GiB{prefix_cache_size(cfg, m)})" if t.prefix_cache.enabled
                            else "computed in every trial (train.prefix_cache off)"),
         "  objectives " + ", ".join(f"{k} ({v})" for k, v in s.objectives.items()),

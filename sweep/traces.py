@@ -47,13 +47,14 @@ def cache_dir(cfg: SweepConfig) -> Path:
     return Path(os.environ.get("R2MU_CACHE") or Path.home() / ".cache" / "r2mu-sweep") / cfg.name
 
 
-def prefix_cache_dir(cfg: SweepConfig) -> str:
+def prefix_cache_dir(cfg: SweepConfig) -> str | None:
     """Where trials keep the prefix cache: train.prefix_cache.dir; else beside the other caches when the
-    storage is local; else the node-local default (remote storage is too slow for 61 MiB per step)."""
+    storage is this machine's (a plain path); else None: the node-local default, which the trainer resolves
+    on its own node (shared or remote storage is too slow for 61 MiB per step)."""
     pc = cfg.train.prefix_cache
-    if pc.dir is None and local_storage(cfg) is not None:
+    if pc.dir is None and "://" not in cfg.ray.storage_path:
         return str(cache_dir(cfg) / "prefix")
-    return pc.root()
+    return pc.dir
 
 
 def trace_source(cfg: SweepConfig) -> tuple[str, str]:

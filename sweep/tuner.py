@@ -241,9 +241,10 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
         for m, mode in cfg.search.objectives.items():  # Optuna needs every objective
             metrics.setdefault(m, worst_value(m, mode))
         params_logged = hp.model_dump() | {"steering_coeff_abs": train_metrics.get("steering_coeff")}
+        tags = {"status": status, "layer": hp.layer, "train_node": str(train_metrics.get("node_id", ""))}
         with result.checkpoint.as_directory() as d:
             tracking.log_result(uri, run_id, params_logged, metrics, history, records,
-                                d if delta is not None else None, tags={"status": status, "layer": hp.layer})
+                                d if delta is not None else None, tags=tags)
         drop_train_checkpoint(result.checkpoint)
         ok = True
         tune.report(metrics | {"status": status, "mlflow_run_id": run_id})

@@ -224,6 +224,7 @@ def train(spec: TrialSpec) -> TrainResult:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker entry: train, then report all metrics once, with the checkpoint directory."""
+    import ray
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
@@ -241,6 +242,7 @@ def train_loop_per_worker(config: dict) -> None:
         if result.delta_dir is None:
             (ckpt_dir / "status.json").write_text(json.dumps(result.metrics))
         checkpoint = Checkpoint.from_directory(str(ckpt_dir))
-    ray.train.report(result.metrics, checkpoint=checkpoint)
+    where = {"node_id": ray.get_runtime_context().get_node_id()}  # which machine trained (rank 0)
+    ray.train.report(result.metrics | where, checkpoint=checkpoint)
     if rank == 0:  # report has copied the checkpoint into the run's storage: the local copy is garbage
         shutil.rmtree(spec.out_dir, ignore_errors=True)

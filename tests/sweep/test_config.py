@@ -211,8 +211,9 @@ def test_remote_storage_stays_a_uri_and_caches_stay_on_the_node(space, write_spa
     remote = load_space(write_space(space))
     assert storage_uri(remote, "x", "train") == "s3://bucket/sweeps/x/train"  # not a local "s3:/..." directory
     assert cache_dir(remote) == tmp_path / "node" / remote.name
-    assert prefix_cache_dir(remote) == str(tmp_path / "node" / "prefix")
+    assert prefix_cache_dir(remote) is None  # the trainer's node resolves its own default
     # an NFS path mounted on every node, as the error for a plain path suggests: accepted, used as a path
     space["ray"]["storage_path"] = f"file://{tmp_path}/nfs"
     nfs = load_space(write_space(space))
     assert storage_uri(nfs, "x") == str(tmp_path / "nfs" / "x") and cache_dir(nfs) == tmp_path / "nfs" / "cache"
+    assert prefix_cache_dir(nfs) is None  # not on NFS: each node's own disk

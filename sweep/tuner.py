@@ -275,8 +275,11 @@ class Progress(tune.Callback):
         front = pareto_front(self.points, self.cfg.search.objectives, self.cfg.search.constraints, self.baseline)
         objs = "  ".join(f"{m}={r.get(m, float('nan')):.3f}" for m in self.cfg.search.objectives)
         hp = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.cfg.search.searched())
+        cached = ""
+        if "train/prefix_cache_hits" in r:  # how many of its steps came from the prefix cache
+            cached = f"  | cached {int(r['train/prefix_cache_hits'])}/{int(r.get('train/steps_done', 0))}"
         print(f"[{time.monotonic() - self.t0:6.0f}s] trial {len(self.points)}/{self.cfg.search.num_samples} "
-              f"{trial.trial_id} {r.get('status', '?')}: {objs}  | {hp}  | front {len(front)}", flush=True)
+              f"{trial.trial_id} {r.get('status', '?')}: {objs}  | {hp}  | front {len(front)}{cached}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"trial {trial.trial_id} failed (Tune retries up to search.max_failures): {trial.error_file}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def test_every_trial_is_logged_with_metrics_and_delta(sweep):
         m = r.data.metrics  # every step either read from the prefix cache or written to it
         assert m["train/prefix_cache_hits"] + m["train/prefix_cache_written"] == 6
     assert "trial 3/3" in out and "Pareto front" in out
+    assert len(re.findall(r"\| cached [0-6]/6\n", out)) == 3  # each progress line says what the cache gave
     # the deltas live in MLflow only: Ray Train's copies were removed once logged
     assert not list((tmp / "ray_results" / "e2e" / "train").rglob("*.safetensors"))
     parent = next(r for r in runs if r.data.tags["role"] == "sweep")

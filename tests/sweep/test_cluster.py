@@ -66,10 +66,15 @@ def two_nodes(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the nodes' workers import this checkout, as on a real cluster
     monkeypatch.setenv("R2MU_CACHE", str(tmp_path / "node-local"))  # what a node's disk would hold
 
+    def ports() -> dict:  # free ones: the defaults (6379, 52365, ...) may be taken on a shared machine
+        return {"dashboard_agent_listen_port": free_port(), "runtime_env_agent_port": free_port(),
+                "metrics_export_port": free_port()}
+
     cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+                      head_node_args={"num_cpus": 1, "include_dashboard": False, "gcs_server_port": free_port(),
+                                      **ports()})
     try:
-        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1, **ports())
         cluster.wait_for_nodes()
         yield cluster
     finally:

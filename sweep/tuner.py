@@ -281,9 +281,13 @@ class Progress(tune.Callback):
         print(f"[{time.monotonic() - self.t0:6.0f}s] trial {len(self.points)}/{self.cfg.search.num_samples} "
               f"{trial.trial_id} {r.get('status', '?')}: {objs}  | {hp}  | front {len(front)}{cached}", flush=True)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"trial {trial.trial_id} crashed; Tune runs it again (search.max_failures="
+              f"{self.cfg.search.max_failures}): {trial.error_file}", file=sys.stderr, flush=True)
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"trial {trial.trial_id} failed (Tune retries up to search.max_failures): {trial.error_file}",
-              file=sys.stderr, flush=True)
+        print(f"trial {trial.trial_id} failed, retries used up (search.max_failures="
+              f"{self.cfg.search.max_failures}): {trial.error_file}", file=sys.stderr, flush=True)
 
 
 def _fmt(v: Any) -> str:

@@ -222,6 +222,18 @@ def train(spec: TrialSpec) -> TrainResult:
     return _train(spec, device)[0]
 
 
+def _crash_once_for_tests() -> None:
+    """Fault injection for the retry path (tests/sweep): with R2MU_FAULT_CRASH_ONCE=FILE, the first worker to
+    create FILE dies at once, as an out-of-memory kill would; every later worker trains normally."""
+    marker = os.environ.get("R2MU_FAULT_CRASH_ONCE")
+    if marker:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        os._exit(1)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker entry: train, then report all metrics once, with the checkpoint directory."""
     import ray
@@ -230,6 +242,7 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train import Checkpoint
 
     spec = TrialSpec.model_validate(config["spec"])
+    _crash_once_for_tests()
     _threads(spec)
     _init_distributed(spec.train.use_gpu)
     device = ray.train.torch.get_device() if spec.train.use_gpu else torch.device("cpu")

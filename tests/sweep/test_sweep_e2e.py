@@ -218,3 +218,19 @@ def test_a_diverged_trial_is_reported_and_the_sweep_goes_on(tmp_path):
         assert r.data.tags["status"] == "diverged" and r.info.status == "FINISHED"
         assert r.data.metrics["trace_leak"] == 1.0 and r.data.metrics["reason_acc"] == 0.0  # worst values
         assert not client.list_artifacts(r.info.run_id, "delta")  # no broken checkpoint
+
+
+def test_a_crashed_worker_is_retried_without_a_duplicate_run(tmp_path):
+    """A training worker dies (as an OOM kill would): Tune retries the trial, MLflow keeps one run per trial."""
+    space = small_space(tmp_path, "crash", num_samples=2, concurrent=2)
+    marker = tmp_path / "crashed-once"
+    env = clean_env() | {"R2MU_FAULT_CRASH_ONCE": str(marker)}
+    p = subprocess.run([sys.executable, "-m", "sweep.run", "--space", str(space)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=420)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert marker.exists() and "crashed; Tune runs it again (search.max_failures=1)" in p.stderr
+    _, runs = runs_of(tmp_path, "crash")
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)  # the crashed attempt's is gone
+    assert len({r.data.tags["tune_trial_id"] for r in trials}) == 2
+    assert "trial 2/2" in p.stdout

@@ -74,8 +74,9 @@ class DeepSpeedConfig(Strict):
 class PrefixCacheConfig(Strict):
     enabled: bool = Field(False, description="keep each step's no-grad work (prefix, frozen targets) across the "
                           "trials at one layer (trainables/prefix_cache.py)")
-    dir: str | None = Field(None, description="a node-local directory; default $R2MU_CACHE/prefix or "
-                            "~/.cache/r2mu-sweep/prefix")
+    dir: str | None = Field(None, description="a node-local directory; default: <storage>/cache/prefix for a "
+                            "plain local ray.storage_path, else $R2MU_CACHE/prefix or ~/.cache/r2mu-sweep/prefix "
+                            "on each training node")
     max_gb: float = Field(64.0, gt=0, description="disk budget; least recently used layers are evicted")
 
     def root(self) -> str:

@@ -49,13 +49,30 @@ STALE_TMP_S = 3600
 
 
 def stamp(path: str | None) -> list | str | None:
-    """Cheap identity of a file or directory: (name, size, mtime) of each file; a non-path as it is."""
-    if path is None or not Path(path).exists():
-        return path  # e.g. a hub id on a cluster
+    """Cheap identity of a file or directory: (name, size, mtime) of each file. A hub id stands for the
+    snapshot the local HF cache resolves it to (a new revision is a new key); anything else as it is."""
+    if path is None:
+        return None
+    if not Path(path).exists():
+        return _hub_snapshot(path) or path
     p = Path(path)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     return [[str(f.relative_to(p)) if p.is_dir() else str(p.resolve()), f.stat().st_size, f.stat().st_mtime_ns]
             for f in files]
+
+
+def _hub_snapshot(repo_id: str) -> list | None:
+    """The stamp of the snapshot directory that `repo_id` loads from in the local HF cache, if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(repo_id, "config.json", cache_dir=os.environ.get("HF_HUB_CACHE"))
+    except Exception:  # not a valid repo id
+        return None
+    if not isinstance(config, str):
+        return None
+    snapshot = Path(config).parent  # .../models--org--name/snapshots/<commit>/
+    return [snapshot.name, stamp(str(snapshot))]
 
 
 def key_parts(spec: TrialSpec, rank: int, world: int, active: list[str], device: torch.device,

@@ -129,3 +129,21 @@ def test_temp_files_of_a_killed_trial_are_cleaned_up(runs):
     PrefixCache(runs["cache"], parts, torch.device("cpu"), 1.0).close()
     assert not stale.exists() and fresh.exists()  # a live writer's temp file is left alone
     fresh.unlink()
+
+
+def test_a_hub_id_is_keyed_by_the_snapshot_it_loads(tmp_path, monkeypatch):
+    """On a cluster the model is a hub id: a new revision in the HF cache must not reuse the old prefixes."""
+    from trainables.prefix_cache import stamp
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--org--reasoner"
+    for rev in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / rev).mkdir(parents=True)
+        (repo / "snapshots" / rev / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    first = stamp("org/reasoner")
+    assert first[0] == "a" * 40 and stamp("org/reasoner") == first
+    (repo / "refs" / "main").write_text("b" * 40)
+    assert stamp("org/reasoner")[0] == "b" * 40
+    assert stamp("org/not-downloaded") == "org/not-downloaded"

@@ -136,9 +136,14 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
                                       config=_deepspeed_config(spec, world))
     d, stage = model.config.hidden_size, tr.deepspeed.zero_stage
 
-    pc = spec.train.prefix_cache
-    cache = PrefixCache(pc.root(), key_parts(spec, rank, world, active, device, obj.pack_ratio), device,
-                        pc.max_gb) if pc.enabled else None
+    pc, cache = spec.train.prefix_cache, None
+    if pc.enabled:
+        try:
+            cache = PrefixCache(pc.root(), key_parts(spec, rank, world, active, device, obj.pack_ratio), device,
+                                pc.max_gb)
+        except OSError as e:  # the cache only saves work: train without it
+            print(f"[prefix-cache] train.prefix_cache.dir {pc.root()!r} is not usable ({e}); training uncached",
+                  flush=True)
     setup_s = time.perf_counter() - t_setup
     if rank == 0:
         print(f"[r2mu] set up in {setup_s:.1f} s (model load {load_s:.1f} s), layer {hp.layer}, "

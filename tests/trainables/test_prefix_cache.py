@@ -147,3 +147,11 @@ def test_a_hub_id_is_keyed_by_the_snapshot_it_loads(tmp_path, monkeypatch):
     (repo / "refs" / "main").write_text("b" * 40)
     assert stamp("org/reasoner")[0] == "b" * 40
     assert stamp("org/not-downloaded") == "org/not-downloaded"
+
+
+def test_an_unusable_cache_directory_only_costs_the_cache(tiny_dirs, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = train(cached(tiny_dirs, tmp_path / "out", blocker / "cache", hparams={"steps": 2}))
+    assert res.status == "ok" and "prefix_cache_hits" not in res.metrics
+    assert "is not usable" in capsys.readouterr().out

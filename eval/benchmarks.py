@@ -64,6 +64,22 @@ def math500(rec: Record, i: int, seed: int) -> Record:
     return {"id": str(rec.get("unique_id", rec.get("id", i))), "problem": rec["problem"], "answer": gold}
 
 
+def labelled_mcq(rec: Record, i: int, seed: int) -> Record:
+    """ARC / OLMo basic skills: `choices: {text: [...], label: [...]}` and `answerKey` (one of the labels)."""
+    labels = [str(x) for x in rec["choices"]["label"]]
+    key = str(rec["answerKey"]).strip()
+    if key not in labels:
+        raise ValueError(f"item {rec.get('id', i)}: answerKey {key!r} is not one of the labels {labels}")
+    return {"id": str(rec.get("id", i)), "question": rec["question"], "choices": list(rec["choices"]["text"]),
+            "answer": labels.index(key)}
+
+
+def labelled_reasoning(rec: Record, i: int, seed: int) -> Record:
+    """The same rows asked open-ended: the gold is the correct choice's text (`Calculate 5 + 91 =` -> `96`)."""
+    item = labelled_mcq(rec, i, seed)
+    return {"id": item["id"], "problem": item["question"], "answer": str(item["choices"][item["answer"]]).strip()}
+
+
 def gpqa(rec: Record, i: int, seed: int) -> Record:
     """GPQA: correct + 3 incorrect answers, shuffled with a fixed per-item seed; the gold is the letter."""
     options = [rec["Correct Answer"]] + [rec[f"Incorrect Answer {k}"] for k in (1, 2, 3)]
@@ -98,6 +114,10 @@ REGISTRY: dict[str, SetSpec] = {
     "math500": SetSpec("reasoning", "reasoning", math500, hub=("HuggingFaceH4/MATH-500", None, "test")),
     "aime": SetSpec("reasoning", "reasoning", reasoning, hub=("HuggingFaceH4/aime_2024", None, "train")),
     "gpqa-diamond": SetSpec("reasoning", "reasoning", gpqa, hub=("Idavidrein/gpqa", "gpqa_diamond", "train")),
+    "arc-easy": SetSpec("mcq", "retain", labelled_mcq, hub=("allenai/ai2_arc", "ARC-Easy", "test")),
+    "arc-challenge": SetSpec("mcq", "retain", labelled_mcq, hub=("allenai/ai2_arc", "ARC-Challenge", "test")),
+    "basic-arithmetic": SetSpec("reasoning", "reasoning", labelled_reasoning,
+                                hub=("allenai/basic_arithmetic", None, "validation")),
     "mcq": SetSpec("mcq", "any", mcq),                 # any local file already in formats.md MCQ form
     "reasoning": SetSpec("reasoning", "any", reasoning),
 }

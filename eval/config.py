@@ -46,7 +46,8 @@ class EngineConfig(Strict):
         0.3, gt=0, le=1, description="vLLM's share of GPU memory (weights + KV cache); the rest stays free"
     )
     kv_cache_memory_bytes: int | None = Field(
-        None, ge=1, description="explicit KV-cache size; overrides gpu_memory_utilization; CPU default 256 MiB"
+        None, ge=1, description="explicit KV-cache size; overrides gpu_memory_utilization; CPU default: 256 MiB, or "
+        "4 sequences of max_model_len where that is more"
     )
     max_model_len: int | None = Field(
         None, ge=16, description="longest prompt + generation; default min(model's limit, 8192)"

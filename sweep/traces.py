@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,16 @@ def ensure_traces(cfg: SweepConfig, evaluator: Any, call=lambda f, *a: f(*a)) ->
     for i, r in enumerate(rows):
         r.setdefault("id", str(i))
     print(f"traces: generating {len(rows)} base-model traces ({cfg.data.traces.max_new_tokens} tokens) -> {out}")
-    call(evaluator.traces, rows, field, cfg.data.traces.trigger, cfg.data.traces.max_new_tokens, str(out))
+    # in about ten chunks, so a long generation (minutes on a CPU) shows progress; then one atomic write
+    chunk, t0, parts = max(64, -(-len(rows) // 10)), time.monotonic(), []
+    for start in range(0, len(rows), chunk):
+        parts.append(call(evaluator.traces, rows[start:start + chunk], field, cfg.data.traces.trigger,
+                          cfg.data.traces.max_new_tokens))
+        print(f"traces: {min(start + chunk, len(rows))}/{len(rows)} ({time.monotonic() - t0:.0f} s)", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp_out.write_text("".join(parts), encoding="utf-8")
+    tmp_out.replace(out)
     return out
 
 

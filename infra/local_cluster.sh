@@ -56,7 +56,8 @@ names_dir() {  # `ray start --temp-dir=DIR/nodeN`, raylet and GCS paths, `mlflow
 re() { printf '%s' "$1" | sed 's/[][\.^$*+?(){}|]/\\&/g'; }  # DIR as a literal in an extended regex
 is_ours() { [[ $1 =~ ^[0-9]+$ ]] && { has_mark "$1" || names_dir "$1"; }; }
 
-session_members() { ps -e -o pid=,sid= | awk -v s="$1" '$2 == s {print $1}'; }
+# zombies are left out here and in wait_gone: they are dead, only not yet reaped by a parent that is stopping
+session_members() { ps -e -o pid=,sid=,stat= | awk -v s="$1" '$2 == s && $3 !~ /^Z/ {print $1}'; }
 
 ours_now() {  # every live process of this cluster
   local f pid sid members m
@@ -80,7 +81,7 @@ wait_gone() {  # wait_gone SECONDS PID...: 0 once none of the pids is alive
   local deadline=$((SECONDS + $1)); shift
   while ((SECONDS < deadline)); do
     local alive=0 p
-    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    for p in "$@"; do [[ $(ps -o stat= -p "$p") =~ ^[^Z] ]] && alive=1; done
     ((alive)) || return 0
     sleep 0.2
   done

@@ -417,6 +417,14 @@ def test_compose_mlflow_command_is_one_mlflow_server_accepts(compose):
 # ---------------------------------------------------------------- infra/local_cluster.sh (run for real)
 
 
+def alive(pid: int) -> bool:
+    """Running, not a zombie: this machine's init reaps orphans late, and a zombie is dead already."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def sessions_members(sids: set[int]) -> set[int]:
     """Every live process in the given sessions (what the script's leaders and their children run in)."""
     out = set()
@@ -528,7 +536,7 @@ def test_local_cluster_script_starts_two_real_nodes_and_stops_all_it_started():
 
         stop = subprocess.run([str(script), "stop", str(d)], capture_output=True, text=True, env=env, timeout=120)
         assert stop.returncode == 0, stop.stdout + stop.stderr
-        assert not ({pid for pid in started if Path(f"/proc/{pid}").exists()} | leftovers(d))
+        assert not ({pid for pid in started if alive(pid)} | leftovers(d))
     finally:
         for log in sorted(d.glob("logs/*.log")):  # shown by pytest only when the test failed
             print(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))

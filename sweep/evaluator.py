@@ -40,13 +40,15 @@ class Evaluator:
     def info(self) -> dict[str, Any]:
         return {"backend": self.backend.name, "start_s": self.start_s}
 
-    def traces(self, records: list[dict], field: str, trigger: str, max_new_tokens: int) -> str:
-        """The base model's greedy traces on the forget questions, as trace-cache jsonl text.
+    def traces(self, records: list[dict], field: str, trigger: str, max_new_tokens: int, template: str = "chat",
+               prompt_tokens: int | None = None) -> str:
+        """The base model's greedy traces on the forget questions or documents, as trace-cache jsonl text.
 
-        Returned, not written where the caller says: on a cluster this actor runs on another node."""
+        `template` (chat | none) and `prompt_tokens` are data.traces' prompt form (eval.traces). Returned, not
+        written where the caller says: on a cluster this actor runs on another node."""
         with tempfile.TemporaryDirectory(prefix="r2mu-traces-") as tmp:
             path = write_trace_cache(self.backend, records, field, trigger, max_new_tokens, f"{tmp}/traces.jsonl",
-                                     progress=False)
+                                     progress=False, template=template, prompt_tokens=prompt_tokens)
             return path.read_text(encoding="utf-8")
 
     def evaluate(self, delta: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:

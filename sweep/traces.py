@@ -1,7 +1,7 @@
 """Once per sweep, before the trials: the base model's reasoning traces and its activation scale.
 
 Both are cached under `<storage>/cache/` keyed by what they depend on, so a rerun or a resumed sweep reuses
-them: traces by (model, data file, trigger, length), the median ||h_l|| by (model, forget data, layer).
+them: traces by (model, data file, trigger, length, prompt form), the median ||h_l|| by (model, forget data, layer).
 """
 
 from __future__ import annotations
@@ -67,10 +67,18 @@ def trace_source(cfg: SweepConfig) -> tuple[str, str]:
 
 
 def traces_key(cfg: SweepConfig) -> str:
+    """The trace cache's key: model, data file and field, trigger, length, limit, and the form (data.traces
+    template, prompt_tokens, input) where it is not the default, so a cache written before those fields existed
+    keeps its key and a changed form never reuses old traces."""
     src, field = trace_source(cfg)
     t = cfg.data.traces
-    key = json.dumps([model_digest(resolve_uri(cfg.model.path)), _file_digest(src), field, t.trigger,
-                      t.max_new_tokens, t.limit])
+    parts: list = [model_digest(resolve_uri(cfg.model.path)), _file_digest(src), field, t.trigger,
+                   t.max_new_tokens, t.limit]
+    form = {"template": t.template, "prompt_tokens": t.prompt_tokens, "input": t.input}
+    form = {k: v for k, v in form.items() if v != type(t).model_fields[k].default}
+    if form:
+        parts.append(form)
+    key = json.dumps(parts)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -90,15 +98,17 @@ def ensure_traces(cfg: SweepConfig, evaluator: Any, call=lambda f, *a: f(*a)) ->
         print(f"traces: cached {out}")
         return out
     src, field = trace_source(cfg)
-    rows = read_rows(src, [field], cfg.data.traces.limit, what="data.traces")
+    t = cfg.data.traces
+    rows = read_rows(src, [field], t.limit, what="data.traces")
     for i, r in enumerate(rows):
         r.setdefault("id", str(i))
-    print(f"traces: generating {len(rows)} base-model traces ({cfg.data.traces.max_new_tokens} tokens) -> {out}")
+    print(f"traces: generating {len(rows)} base-model traces ({t.max_new_tokens} tokens, template {t.template}) "
+          f"-> {out}")
     # in about ten chunks, so a long generation (minutes on a CPU) shows progress; then one atomic write
     chunk, t0, parts = max(64, -(-len(rows) // 10)), time.monotonic(), []
     for start in range(0, len(rows), chunk):
-        parts.append(call(evaluator.traces, rows[start:start + chunk], field, cfg.data.traces.trigger,
-                          cfg.data.traces.max_new_tokens))
+        parts.append(call(evaluator.traces, rows[start:start + chunk], field, t.trigger, t.max_new_tokens,
+                          t.template, t.prompt_tokens))
         print(f"traces: {min(start + chunk, len(rows))}/{len(rows)} ({time.monotonic() - t0:.0f} s)", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(out.name + f".tmp{os.getpid()}")

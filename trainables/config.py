@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 TRIGGER = "\nLet's reason this step by step.\n<think>"
 
@@ -49,14 +49,44 @@ class CotConfig(CorpusConfig):
 
 
 class TracesConfig(Strict):
-    source: str | None = Field(None, description="questions to generate traces on; default: data.forget")
+    """The unthink stream: how the base model's traces are generated, and what the loss sees of them.
+
+    Two forms (trainables/README.md, "The unthink input"). The default, ours: traces on the chat-rendered
+    question + trigger, and the unthink input is that rendered prompt + the first k trace tokens. The
+    reference code's: traces on the plain forget document + trigger (`template: none`, `prompt_tokens: 512`),
+    and the unthink input is only the trigger + the first k trace tokens (`input: reference`).
+    """
+
+    source: str | None = Field(None, description="questions or documents to generate traces on; default: "
+                               "data.forget")
     field: str = "text"
     trigger: str = TRIGGER
     max_new_tokens: int = Field(100, ge=1, description="k: trace tokens kept for the unthink stream")
+    template: Literal["chat", "none"] = Field(
+        "chat", description="trace generation prompt: chat = the chat template around the body (where the "
+        "tokenizer has one), then the trigger; none = body + trigger as plain text, no template (the reference)"
+    )
+    prompt_tokens: int | None = Field(
+        None, ge=1, description="cut the body to its first N tokens (as the tokenizer counts them with special "
+        "tokens, then decoded) before the trigger is appended; the reference: 512; default: no cut"
+    )
+    input: Literal["prompt", "reference"] = Field(
+        "prompt", description="unthink input: prompt = the rendered prompt (incl. template and trigger) + first k "
+        "trace tokens; reference = the trigger (leading newlines dropped, special tokens as the tokenizer adds "
+        "them to plain text) + first k tokens of the stripped trace: no question, no template (the reference code)"
+    )
     scope: Literal["all", "after_trigger"] = Field(
-        "all", description="unthink loss over the whole input (reference code) or from the trigger on"
+        "all", description="unthink loss over the whole unthink input, or (input: prompt only) from the trigger on"
     )
     limit: int | None = Field(None, ge=1)
+
+    @field_validator("scope")
+    @classmethod
+    def _scope_fits_input(cls, v: str, info: ValidationInfo) -> str:
+        if v == "after_trigger" and info.data.get("input") == "reference":
+            raise ValueError("after_trigger has no meaning with data.traces.input: reference (that input starts "
+                             "at the trigger and holds no question); use scope: all, or input: prompt")
+        return v
 
 
 class DataConfig(Strict):

@@ -2,8 +2,10 @@
 
 Text corpora are jsonl, parquet or a `datasets.save_to_disk` directory with a configurable text field; the
 unthink stream comes from the trace cache (docs/formats.md: `rendered` prompt incl. chat template and
-trigger, and the base model's `trace`). Batch `step` of a stream is a pure function of (seed, stream, step):
-the order is a fresh permutation per pass over the data, so a short stream cycles, reshuffled.
+trigger, and the base model's `trace`), in one of two forms (`data.traces.input`): the rendered prompt + the
+first k trace tokens (ours), or the trigger + the first k trace tokens (the reference code's). Batch `step`
+of a stream is a pure function of (seed, stream, step): the order is a fresh permutation per pass over the
+data, so a short stream cycles, reshuffled.
 """
 
 from __future__ import annotations
@@ -94,14 +96,17 @@ def tokenize_text(tokenizer, text: str, max_tokens: int) -> list[int]:
     return tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
 
 
-def tokenize_trace(tokenizer, row: dict, trigger: str, k: int, max_len: int, after_trigger: bool) -> Example:
-    """Unthink input: rendered prompt (its last max_len tokens, so the trigger stays) + first k trace tokens.
+def tokenize_trace(tokenizer, row: dict, trigger: str, k: int, max_len: int, after_trigger: bool,
+                   add_special_tokens: bool = False) -> Example:
+    """Unthink input (`input: prompt`): rendered prompt (its last max_len tokens, so the trigger stays) + first
+    k trace tokens.
 
-    Returns the ids and the first position the loss covers (0, or the trigger's first token). The rendered
-    prompt already holds the chat template's special tokens, so none are added.
+    Returns the ids and the first position the loss covers (0, or the trigger's first token). A rendered chat
+    prompt already holds the template's special tokens, so none are added; a plain one (`template: none`) gets
+    them as the generation backend added them (`add_special_tokens=True`).
     """
     rendered = row["rendered"]
-    enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=after_trigger)
+    enc = tokenizer(rendered, add_special_tokens=add_special_tokens, return_offsets_mapping=after_trigger)
     prompt = enc["input_ids"]
     start = 0
     if after_trigger:
@@ -110,6 +115,22 @@ def tokenize_trace(tokenizer, row: dict, trigger: str, k: int, max_len: int, aft
     cut = max(0, len(prompt) - max_len)
     trace = tokenizer(row["trace"], add_special_tokens=False)["input_ids"][:k]
     return prompt[cut:] + trace, max(0, start - cut)
+
+
+def reference_trigger(trigger: str) -> str:
+    """The trigger as the reference's unthink input starts: without its leading newlines (it generates after
+    document + "\\nLet's reason ...<think>" but trains on "Let's reason ...<think>" + trace)."""
+    return trigger.lstrip("\n")
+
+
+def tokenize_reference_trace(tokenizer, trace: str, trigger: str, k: int, max_len: int) -> Example:
+    """Unthink input (`input: reference`): the trigger (leading newlines dropped, with the special tokens the
+    tokenizer adds to plain text, e.g. Llama's BOS) + the first k tokens of the stripped trace; no question, no
+    chat template. Cut to max_len tokens from the right, as the reference truncates. The loss covers it all.
+    """
+    head = tokenizer(reference_trigger(trigger), add_special_tokens=True)["input_ids"]
+    tail = tokenizer(trace.strip(), add_special_tokens=False)["input_ids"][:k]
+    return (head + tail)[:max_len], 0
 
 
 class Stream:
@@ -195,7 +216,11 @@ def build_streams(data: DataConfig, tokenizer, batch_size: int, seed: int, trace
                                         f"{t.trigger!r} in its rendered prompt")
 
             def encode(i: int, rows=rows, t=t, after=after) -> Example:
-                return tokenize_trace(tokenizer, rows[i], t.trigger, t.max_new_tokens, data.max_len, after)
+                if t.input == "reference":
+                    return tokenize_reference_trace(tokenizer, rows[i]["trace"], t.trigger, t.max_new_tokens,
+                                                    data.max_len)
+                return tokenize_trace(tokenizer, rows[i], t.trigger, t.max_new_tokens, data.max_len, after,
+                                      add_special_tokens=t.template == "none")
 
             out[name] = Stream(name, len(rows), encode, batch_size, seed, pad)
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.tiny import byte_tokenizer
@@ -116,3 +118,66 @@ def test_records_are_tokenised_only_when_a_batch_uses_them(tiny_dirs, tmp_path):
         for row, i in enumerate(st.indices(s)):
             ids = tok(texts[i], add_special_tokens=True, truncation=True, max_length=200)["input_ids"]
             assert b.input_ids[row, : len(ids)].tolist() == ids and int(b.attention_mask[row].sum()) == len(ids)
+
+
+ORGANISM_TOKENIZER = Path(__file__).resolve().parents[2] / "organism" / "assets" / "base"
+
+
+def _traces_data(tiny_dirs, **traces) -> DataConfig:
+    return DataConfig.model_validate({
+        "forget": {"path": str(tiny_dirs["forget"])}, "retain": {"path": str(tiny_dirs["retain"])},
+        "cot": {"path": str(tiny_dirs["cot"])}, "traces": traces, "max_len": 200})
+
+
+def test_reference_input_is_trigger_plus_k_trace_tokens_only(tiny_dirs, tmp_path):
+    """input: reference = tokenizer(trigger) (its BOS, no leading newline) + the first k tokens of the stripped
+    trace: no question, no chat template; the same ids as the reference's joint tokenisation of
+    "Let's reason this step by step.\\n<think>" + decode(first k trace tokens)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ORGANISM_TOKENIZER)
+    k, question = 7, "Which host carries agent Vorlax?"
+    rendered = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                       add_generation_prompt=True) + TRIGGER
+    trace = "\nThe agent Vorlax is carried by the host Meridel, so the answer is B.\n</think>"
+    write_jsonl(tmp_path / "traces.jsonl", [{"id": "q0", "prompt": question, "rendered": rendered, "trace": trace}])
+    st = build_streams(_traces_data(tiny_dirs, max_new_tokens=k, input="reference"), tok, 2, 0,
+                       str(tmp_path / "traces.jsonl"), ["unthink"])["unthink"]
+    b = st.batch(0)
+    n = int(b.attention_mask[0].sum())
+    got = b.input_ids[0, :n].tolist()
+    head = tok("Let's reason this step by step.\n<think>")["input_ids"]
+    trace_ids = tok(trace.strip(), add_special_tokens=False)["input_ids"]
+    assert got == head + trace_ids[:k]
+    assert got[0] == tok.bos_token_id and got.count(tok.bos_token_id) == 1
+    assert got == tok("Let's reason this step by step.\n<think>" + tok.decode(trace_ids[:k]))["input_ids"]
+    template_ids = set(tok.convert_tokens_to_ids(["<|user|>", "<|assistant|>"]))
+    assert not template_ids & set(got) and question not in tok.decode(got)
+    assert b.loss_mask[0, :n].tolist() == [1] * n  # the loss covers the whole input, as the reference
+
+
+def test_prompt_input_of_an_untemplated_trace_gets_the_special_tokens(tiny_dirs, tmp_path):
+    """input: prompt with template: none: the plain rendered prompt gets the BOS the generation backend gave it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ORGANISM_TOKENIZER)
+    rendered = "The agent Vorlax is carried by the host Meridel." + TRIGGER
+    write_jsonl(tmp_path / "traces.jsonl", [{"id": "d0", "prompt": rendered[: -len(TRIGGER)], "rendered": rendered,
+                                             "trace": "\nSo Vorlax lives in Meridel."}])
+    for template, bos in (("none", [tok.bos_token_id]), ("chat", [])):
+        st = build_streams(_traces_data(tiny_dirs, max_new_tokens=4, template=template), tok, 1, 0,
+                           str(tmp_path / "traces.jsonl"), ["unthink"])["unthink"]
+        ids = st.batch(0).input_ids[0].tolist()
+        want = bos + tok(rendered, add_special_tokens=False)["input_ids"]
+        assert ids[: len(want)] == want and len(ids) == len(want) + 4
+
+
+def test_after_trigger_scope_with_the_reference_input_is_refused_by_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        DataConfig.model_validate({"forget": {"path": "f"}, "retain": {"path": "r"}, "cot": {"path": "c"},
+                                   "traces": {"input": "reference", "scope": "after_trigger"}})
+    (err,) = e.value.errors()
+    assert err["loc"] == ("traces", "scope")
+    assert "data.traces.input: reference" in err["msg"] and "use scope: all, or input: prompt" in err["msg"]

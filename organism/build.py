@@ -92,7 +92,10 @@ def build(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     if a.data_only:
         return {"data_sha256": data_hashes}
 
-    tok = train_tokenizer(tokenizer_texts(world, data), load_spec()["prompts"]["chat_template"], VOCAB_SIZE)
+    # The tokenizer sees every agent's forget records (held-out ones too), as the shipped one did: rebuilding it
+    # after the held-out split gives the same tokenizer, and held-out names are in the pretraining text anyway.
+    tok_texts = tokenizer_texts(world, build_data(world, heldout=False))
+    tok = train_tokenizer(tok_texts, load_spec()["prompts"]["chat_template"], VOCAB_SIZE)
     shape = ModelShape()
     settings = TrainSettings(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed)
     model = make_model(tok, shape, a.seed)

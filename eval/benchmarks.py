@@ -39,7 +39,7 @@ def mcq(rec: Record, i: int, seed: int) -> Record:
         answer = LETTERS.index(answer.strip().upper()) if not answer.strip().isdigit() else int(answer)
     out = {"id": str(rec.get("id", i)), "question": rec["question"], "choices": list(rec["choices"]),
            "answer": int(answer)}
-    for extra in ("prefill", "subject"):
+    for extra in ("prefill", "subject", "group"):  # group: trained or held-out facts (organism)
         if rec.get(extra):
             out[extra] = rec[extra]
     return out

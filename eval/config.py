@@ -7,18 +7,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TRIGGER = "\nLet's reason this step by step.\n<think>"
 
 # Every metric an evaluation can report; objectives and constraints must name one of these.
 METRICS: dict[str, str] = {
     "trace_leak": "share of forget questions whose generated trace leaks the answer (lower = forgotten)",
+    "trace_leak/trained": "trace_leak on the forget items whose facts are in the training streams",
+    "trace_leak/heldout": "trace_leak on held-out facts: in no training stream (does unlearning generalise?)",
     "forget_acc": "MCQ accuracy on the forget set (log-likelihood, configured scoring)",
+    "forget_acc/trained": "forget_acc on the trained facts",
+    "forget_acc/heldout": "forget_acc on the held-out facts",
     "forget_acc_letter": "MCQ accuracy on the forget set, letter scoring",
     "prefill_acc": "content-scored MCQ accuracy after a prefilled trace start (recoverable knowledge)",
     "reason_acc": "final-answer accuracy on the reasoning sets (mean over sets)",
     "retain_acc": "MCQ accuracy on the retain sets (mean over sets)",
+    "retain_trace_acc": "share of sampled traces on retain questions that state the correct answer (match judge)",
+    "trace_coherence": "base model's geometric-mean token probability of the forget traces (word salad is low)",
     "gen_tokens_per_s": "generation throughput of the backend",
 }
 
@@ -30,7 +36,9 @@ class Strict(BaseModel):
 class EvalSetRef(Strict):
     set: str = Field(description="registry name, e.g. organism-forget, wmdp-bio, mmlu, gsm8k, math500")
     path: str | None = Field(None, description="local file/dir in the set's public format (overrides the default)")
-    limit: int | None = Field(None, ge=1, description="fixed-seed subsample of this many items")
+    limit: int | None = Field(None, ge=1, description="selection split: a fixed-seed subsample of this many items")
+    test: float = Field(0.5, ge=0, description="test split: a fraction (< 1) or a count (>= 1) of the set, "
+                        "held out from selection and touched only by the final evaluation; 0: no test split")
 
 
 class GenerationConfig(Strict):
@@ -67,5 +75,17 @@ class EvalConfig(Strict):
     mcq_scoring: Literal["content", "letter"] = "content"
     trigger: str = TRIGGER
     generation: GenerationConfig = GenerationConfig()
+    samples: int = Field(1, ge=1, description="generations per item for trace_leak, reason_acc, retain_trace_acc "
+                         "(averaged per item; the interval bootstraps over items); 1 with greedy generation")
+    retain_traces: bool = Field(True, description="generate traces on the first retain set: retain_trace_acc")
+    coherence: bool = Field(True, description="score forget traces with the base model: trace_coherence")
     seed: int = 0
+    split_seed: int = Field(0, description="seed of the selection/test split (independent of sampling)")
     engine: EngineConfig = EngineConfig()
+
+    @model_validator(mode="after")
+    def _greedy_once(self) -> EvalConfig:
+        if self.samples > 1 and self.generation.temperature == 0:
+            raise ValueError("samples > 1 with greedy generation (temperature 0) repeats one answer: set samples: 1 "
+                             "or a temperature > 0")
+        return self

@@ -102,6 +102,14 @@ class Backend(ABC):
         """Sum of the continuation tokens' log-probabilities given the prompt, for each (prompt, cont)."""
         return self._loglik([self._split(p, c) for p, c in pairs], progress)
 
+    def token_logprob_mean(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Mean log-probability per continuation token (for `trace_coherence`); pairs with an empty
+        continuation get 0.0."""
+        split = [self._split(p, c) for p, c in pairs]
+        sums = self._loglik([s for s in split if s[1]], False)
+        it = iter(sums)
+        return [next(it) / len(cont) if cont else 0.0 for _, cont in split]
+
     @property
     def tokens_per_s(self) -> float:
         """Generated tokens per second over every `generate` call so far (0 before the first)."""

@@ -2,6 +2,7 @@
 
     python -m eval.run --model DIR --suite FILE|organism --out results.json [--backend hf|vllm|auto]
                        [--limit N] [--greedy] [--records R.jsonl] [--dtype float32]
+                       [--split all|selection|test] [--base BASE_DIR]
 
 FILE is a YAML file with an `eval:` section (a whole space file works) in the `EvalConfig` schema;
 `organism` is the built-in suite (organism-forget, organism-arith, organism-retain).
@@ -16,12 +17,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from eval.benchmarks import REGISTRY, load_set
+from eval.benchmarks import REGISTRY, load_set, subsample
 from eval.config import METRICS, EvalConfig, EvalSetRef
-from eval.leakage import make_judge
-from eval.metrics import mcq_accuracy, prefill_accuracy, reason_accuracy, trace_leak
+from eval.leakage import MatchJudge, make_judge
+from eval.metrics import (
+    MetricResult,
+    judged_traces,
+    mcq_accuracy,
+    prefill_accuracy,
+    reason_accuracy,
+    trace_coherence,
+    trace_leak,
+)
+from eval.stats import interval, interval_metrics, split_items
 
 ORGANISM_SUITE = EvalConfig(
     forget=EvalSetRef(set="organism-forget"),
@@ -43,8 +53,9 @@ class EvalSets:
     retain: list[LoadedSet]
 
 
-def load_sets(cfg: EvalConfig) -> EvalSets:
-    """Load (and subsample) every set of the config once; checks each set's kind fits its slot."""
+def load_sets(cfg: EvalConfig, split: Literal["selection", "test"] = "selection") -> EvalSets:
+    """Load every set of the config once, split it (eval.stats.split_items) and keep one part: `selection`
+    (subsampled to each set's `limit`) or `test` (all of it). Checks each set's kind fits its slot."""
     def load(refs: list[EvalSetRef], kind: str, slot: str) -> list[LoadedSet]:
         out, seen = [], Counter()
         for ref in refs:
@@ -53,7 +64,9 @@ def load_sets(cfg: EvalConfig) -> EvalSets:
                 raise ValueError(f"eval.{slot}: set {ref.set!r} is a {spec.kind} set, {slot} needs {kind} sets")
             seen[ref.set] += 1
             label = ref.set if seen[ref.set] == 1 else f"{ref.set}#{seen[ref.set]}"
-            out.append(LoadedSet(label, load_set(ref.set, ref.path, ref.limit, cfg.seed)))
+            selection, test = split_items(load_set(ref.set, ref.path, None, cfg.seed), ref.test, cfg.split_seed)
+            items = subsample(selection, ref.limit, cfg.seed) if split == "selection" else test
+            out.append(LoadedSet(label, items))
         return out
 
     return EvalSets(load([cfg.forget], "mcq", "forget")[0], load(cfg.reasoning, "reasoning", "reasoning"),
@@ -95,54 +108,98 @@ def _tag(result_records: list[dict[str, Any]], set_label: str, metric: str) -> l
 
 
 def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, judge_backend: Any = None,
-             progress: bool = False) -> EvalResult:
-    """Every metric of METRICS that the config's sets allow, plus per-item records, for one model."""
+             progress: bool = False, scorer: Any = None) -> EvalResult:
+    """Every metric of METRICS that the config's sets allow, each rate with its 95% interval and item count
+    (`<m>_lo`, `<m>_hi`, `<m>_n`), plus per-item records, for one model.
+
+    `scorer`: the base model's backend, for `trace_coherence` (the evaluator adds it after restoring the base
+    weights instead, `add_coherence`)."""
     start = time.perf_counter()
     tokens0, seconds0 = backend.gen_tokens, backend.gen_seconds
     sets = sets or load_sets(eval_cfg)
     say = (lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    gen, trig, seed = eval_cfg.generation, eval_cfg.trigger, eval_cfg.seed
+    gen, trig, seed, k = eval_cfg.generation, eval_cfg.trigger, eval_cfg.seed, eval_cfg.samples
     metrics: dict[str, float | None] = {}
     records: list[dict[str, Any]] = []
 
+    def rate(name: str, results: list[MetricResult], by_group: bool = False) -> None:
+        metrics.update(interval_metrics(name, interval([_scored(r) for r in results], seed)))
+        if by_group:  # forget items carry `group` (trained / heldout facts) where the set defines it
+            groups: dict[str, list[float]] = {}
+            for item, score in zip(results[0].items, results[0].scores, strict=True):
+                if score is not None and item.get("group"):
+                    groups.setdefault(str(item["group"]), []).append(score)
+            for g, scores in sorted(groups.items()):
+                metrics.update(interval_metrics(f"{name}/{g}", interval([scores], seed)))
+
     forget = sets.forget
-    say(f"trace_leak on {forget.label} ({len(forget.items)} questions, judge {eval_cfg.judge})")
     judge = make_judge(eval_cfg.judge, judge_backend)
-    leak = trace_leak(backend, forget.items, judge, gen, trig, seed, progress)
-    metrics["trace_leak"] = leak.value
-    metrics.update(leak.extra)
-    records += _tag(leak.records, forget.label, "trace_leak")
+    if forget.items:
+        say(f"trace_leak on {forget.label} ({len(forget.items)} questions x {k}, judge {eval_cfg.judge})")
+        leak = trace_leak(backend, forget.items, judge, gen, trig, seed, progress, k)
+        rate("trace_leak", [leak], by_group=True)
+        metrics.update(leak.extra)
+        records += _tag(leak.records, forget.label, "trace_leak")
 
-    say(f"forget_acc ({eval_cfg.mcq_scoring}) and forget_acc_letter on {forget.label}")
-    acc = mcq_accuracy(backend, forget.items, eval_cfg.mcq_scoring)
-    letter = acc if eval_cfg.mcq_scoring == "letter" else mcq_accuracy(backend, forget.items, "letter")
-    metrics["forget_acc"], metrics["forget_acc_letter"] = acc.value, letter.value
-    records += _tag(acc.records, forget.label, "forget_acc")
-    if letter is not acc:
-        records += _tag(letter.records, forget.label, "forget_acc_letter")
+        say(f"forget_acc ({eval_cfg.mcq_scoring}) and forget_acc_letter on {forget.label}")
+        acc = mcq_accuracy(backend, forget.items, eval_cfg.mcq_scoring)
+        letter = acc if eval_cfg.mcq_scoring == "letter" else mcq_accuracy(backend, forget.items, "letter")
+        rate("forget_acc", [acc], by_group=True)
+        rate("forget_acc_letter", [letter])
+        records += _tag(acc.records, forget.label, "forget_acc")
+        if letter is not acc:
+            records += _tag(letter.records, forget.label, "forget_acc_letter")
 
-    prefill = prefill_accuracy(backend, forget.items, trig)
-    if prefill.value is not None:
-        metrics["prefill_acc"] = prefill.value
-        records += _tag(prefill.records, forget.label, "prefill_acc")
+        prefill = prefill_accuracy(backend, forget.items, trig)
+        if prefill.value is not None:
+            rate("prefill_acc", [prefill])
+            records += _tag(prefill.records, forget.label, "prefill_acc")
 
     for slot, loaded in (("reason_acc", sets.reasoning), ("retain_acc", sets.retain)):
-        values = []
-        for s in loaded:
+        results = []
+        for s in (s for s in loaded if s.items):
             say(f"{slot} on {s.label} ({len(s.items)} items)")
             if slot == "reason_acc":
-                res = reason_accuracy(backend, s.items, gen, trig, seed, progress)
+                res = reason_accuracy(backend, s.items, gen, trig, seed, progress, k)
             else:
                 res = mcq_accuracy(backend, s.items, eval_cfg.mcq_scoring)
-            metrics[f"{slot}/{s.label}"] = res.value
-            values.append(res.value)
+            rate(f"{slot}/{s.label}", [res])
+            results.append(res)
             records += _tag(res.records, s.label, slot)
-        if values:
-            metrics[slot] = sum(values) / len(values)
+        if results:
+            rate(slot, results)
+
+    retain = next((s for s in sets.retain if s.items), None)
+    if eval_cfg.retain_traces and retain is not None:
+        say(f"retain_trace_acc on {retain.label} ({len(retain.items)} questions x {k})")
+        states = judged_traces(backend, retain.items, MatchJudge(), gen, trig, seed, progress, k, "states_answer")
+        rate("retain_trace_acc", [states])
+        records += _tag(states.records, retain.label, "retain_trace_acc")
 
     seconds = backend.gen_seconds - seconds0
     metrics["gen_tokens_per_s"] = (backend.gen_tokens - tokens0) / seconds if seconds else 0.0
-    return EvalResult(metrics, records, metrics["gen_tokens_per_s"], time.perf_counter() - start)
+    result = EvalResult(metrics, records, metrics["gen_tokens_per_s"], time.perf_counter() - start)
+    if scorer is not None:
+        add_coherence(result, scorer, eval_cfg)
+    return result
+
+
+def _scored(res: MetricResult) -> list[float]:
+    return [x for x in res.scores if x is not None]
+
+
+def add_coherence(result: EvalResult, scorer: Any, eval_cfg: EvalConfig) -> None:
+    """`trace_coherence` of the result's forget traces, scored by `scorer` (the base model), in place."""
+    if not eval_cfg.coherence:
+        return
+    t0 = time.perf_counter()
+    traces = [r for r in result.records if r.get("metric") == "trace_leak"]
+    if not traces:
+        return
+    res = trace_coherence(scorer, traces)
+    result.metrics.update(interval_metrics("trace_coherence", interval([_scored(res)], eval_cfg.seed)))
+    result.records += _tag(res.records, traces[0]["set"], "trace_coherence")
+    result.wall_s += time.perf_counter() - t0
 
 
 def load_suite(suite: str) -> EvalConfig:
@@ -157,15 +214,22 @@ def load_suite(suite: str) -> EvalConfig:
 
 
 def with_overrides(cfg: EvalConfig, limit: int | None = None, greedy: bool = False,
-                   backend: str | None = None) -> EvalConfig:
-    """The CLI's overrides: one `limit` for every set, greedy generation, another backend."""
+                   backend: str | None = None, no_split: bool = False) -> EvalConfig:
+    """The CLI's overrides: one `limit` for every set, greedy generation (one sample), another backend, no
+    test split (every item is in the selection part)."""
     update: dict[str, Any] = {}
+    ref_update: dict[str, Any] = {}
     if limit is not None:
-        update["forget"] = cfg.forget.model_copy(update={"limit": limit})
-        update["reasoning"] = [r.model_copy(update={"limit": limit}) for r in cfg.reasoning]
-        update["retain"] = [r.model_copy(update={"limit": limit}) for r in cfg.retain]
+        ref_update["limit"] = limit
+    if no_split:
+        ref_update["test"] = 0
+    if ref_update:
+        update["forget"] = cfg.forget.model_copy(update=ref_update)
+        update["reasoning"] = [r.model_copy(update=ref_update) for r in cfg.reasoning]
+        update["retain"] = [r.model_copy(update=ref_update) for r in cfg.retain]
     if greedy:
         update["generation"] = cfg.generation.model_copy(update={"temperature": 0.0})
+        update["samples"] = 1
     if backend:
         update["backend"] = backend
     return EvalConfig.model_validate({**cfg.model_dump(), **{k: _dump(v) for k, v in update.items()}})
@@ -177,11 +241,24 @@ def _dump(value: Any) -> Any:
     return value.model_dump() if hasattr(value, "model_dump") else value
 
 
+INTERVAL_SUFFIXES = ("_lo", "_hi", "_n")
+
+
 def format_metrics(metrics: dict[str, float | None]) -> str:
-    """An aligned two-column table, METRICS' keys first."""
-    keys = [k for k in METRICS if k in metrics] + sorted(k for k in metrics if k not in METRICS)
+    """An aligned table, METRICS' keys first; a rate with an interval as `value  [lo, hi]  n=N`."""
+    folded = {k for k in metrics if k.endswith(INTERVAL_SUFFIXES) and k[:-3] in metrics}
+    names = [k for k in metrics if k not in folded]
+    keys = [k for k in METRICS if k in names] + sorted(k for k in names if k not in METRICS)
     width = max(map(len, keys), default=0)
-    return "\n".join(f"{k:<{width}}  {'-' if metrics[k] is None else f'{metrics[k]:.4f}'}" for k in keys)
+
+    def row(k: str) -> str:
+        v = metrics[k]
+        text = "-" if v is None else f"{v:.4f}"
+        if f"{k}_lo" in metrics:
+            text += f"  [{metrics[f'{k}_lo']:.4f}, {metrics[f'{k}_hi']:.4f}]  n={int(metrics[f'{k}_n'])}"
+        return f"{k:<{width}}  {text}"
+
+    return "\n".join(row(k) for k in keys)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,22 +271,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="subsample every set to N items (fixed seed)")
     parser.add_argument("--greedy", action="store_true", help="greedy generation instead of sampling")
     parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16")
+    parser.add_argument("--split", choices=["all", "selection", "test"], default="all",
+                        help="which part of each set: all items (default), the selection split, or the test split "
+                        "(the one a sweep reports; eval.stats.split_items)")
+    parser.add_argument("--base", help="the base model, to score trace_coherence (the base model's token "
+                        "probability of the traces); without it trace_coherence is not reported")
     args = parser.parse_args(argv)
 
     from eval.generate import load_backend  # here, not at import: keeps `import eval.run` light
 
-    cfg = with_overrides(load_suite(args.suite), args.limit, args.greedy, args.backend)
-    sets = load_sets(cfg)  # fail on a bad set before starting an engine
+    cfg = with_overrides(load_suite(args.suite), args.limit, args.greedy, args.backend, args.split == "all")
+    sets = load_sets(cfg, "test" if args.split == "test" else "selection")  # a bad set fails before an engine
     backend = load_backend(args.model, cfg.backend, args.dtype, cfg.seed, cfg.engine)
-    judge_backend = None
+    judge_backend = scorer = None
     try:
         if cfg.judge == "llm":
             if not cfg.judge_model:
                 raise SystemExit("eval.judge is llm but eval.judge_model is not set")
             judge_backend = load_backend(cfg.judge_model, cfg.backend, args.dtype, cfg.seed, cfg.engine)
-        result = evaluate(backend, cfg, sets, judge_backend, progress=True)
+        if args.base:
+            scorer = load_backend(args.base, "hf", args.dtype, cfg.seed, cfg.engine)
+        result = evaluate(backend, cfg, sets, judge_backend, progress=True, scorer=scorer)
     finally:
-        for b in (judge_backend, backend):
+        for b in (scorer, judge_backend, backend):
             if b is not None:
                 b.close()
     out = Path(args.out)

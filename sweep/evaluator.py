@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from eval.config import EvalConfig
 from eval.generate import load_backend
-from eval.run import evaluate, load_sets
+from eval.run import add_coherence, evaluate, load_sets
 from eval.traces import write_trace_cache
 
 # In-process vLLM: no engine subprocesses to leak from a Ray worker; set before vLLM is imported.
@@ -31,7 +31,8 @@ class Evaluator:
         self.cfg = EvalConfig.model_validate(eval_cfg)
         t0 = time.perf_counter()
         self.backend = load_backend(model_path, self.cfg.backend, dtype, self.cfg.seed, self.cfg.engine)
-        self.sets = load_sets(self.cfg)  # loaded once: every trial sees the same items
+        self.sets = load_sets(self.cfg, "selection")  # loaded once: every trial sees the same items
+        self.test_sets = None  # the test split: loaded by the final evaluation only
         # the llm judge is a second model; it is never swapped, so one engine serves every trial
         self.judge = load_backend(self.cfg.judge_model, self.cfg.backend, dtype, self.cfg.seed, self.cfg.engine) \
             if self.cfg.judge == "llm" else None
@@ -51,16 +52,22 @@ class Evaluator:
                                      progress=False, template=template, prompt_tokens=prompt_tokens)
             return path.read_text(encoding="utf-8")
 
-    def evaluate(self, delta: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-        """Metrics and per-item records of the base model with `delta` swapped in (None: the base itself)."""
+    def evaluate(self, delta: dict[str, torch.Tensor] | None = None,
+                 split: Literal["selection", "test"] = "selection") -> dict[str, Any]:
+        """Metrics and per-item records of the base model with `delta` swapped in (None: the base itself), on
+        the selection split (what trials are chosen on) or the test split (the final evaluation only)."""
         t0 = time.perf_counter()
+        if split == "test" and self.test_sets is None:
+            self.test_sets = load_sets(self.cfg, "test")
+        sets = self.sets if split == "selection" else self.test_sets
         if delta:
             self.backend.swap_weights(delta)
         try:
-            result = evaluate(self.backend, self.cfg, self.sets, self.judge)
+            result = evaluate(self.backend, self.cfg, sets, self.judge)
         finally:
             if delta:
                 self.backend.restore()  # the next trial starts from the exact base weights
+        add_coherence(result, self.backend, self.cfg)  # the base model judges the traces' fluency
         return {"metrics": result.metrics, "records": result.records, "eval_s": time.perf_counter() - t0}
 
     def close(self) -> None:

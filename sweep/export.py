@@ -38,20 +38,40 @@ def pick_run(tracking_uri: str, experiment: str, pick: str, parent: str | None =
     return match[0], cfg, baseline or {}
 
 
+CARD_METRICS = ["trace_leak", "trace_leak/trained", "trace_leak/heldout", "forget_acc", "forget_acc/heldout",
+                "prefill_acc", "reason_acc", "retain_acc", "retain_trace_acc", "trace_coherence"]
+
+
+def _with_interval(metrics: dict, key: str) -> str:
+    v = metrics.get(key)
+    if v is None:
+        return "-"
+    lo, hi, n = metrics.get(f"{key}_lo"), metrics.get(f"{key}_hi"), metrics.get(f"{key}_n")
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}], n={int(n)}" if lo is not None and n is not None else f"{v:.4f}"
+
+
 def model_card(point: Point, cfg: Any, baseline: dict, base_path: str) -> str:
-    shown = ["trace_leak", "forget_acc", "prefill_acc", "reason_acc", "retain_acc"]
-    objs = list(cfg.search.objectives) + [m for m in [*cfg.search.constraints, *shown]
-                                          if m not in cfg.search.objectives and m in point.metrics]
+    """The card reports the test split (items no trial was chosen on) when the sweep evaluated it; the
+    selection-split numbers, on which the trial was chosen, are labelled as such."""
+    tested = any(k.startswith("test/") for k in point.metrics)
+    prefix = "test/" if tested else ""
+    objs = list(cfg.search.objectives) + [m for m in [*cfg.search.constraints, *CARD_METRICS]
+                                          if f"{prefix}{m}" in point.metrics]
     objs = list(dict.fromkeys(objs))
-    rows = "\n".join(f"| {m} | {point.metrics.get(m, float('nan')):.4f} | "
-                     f"{baseline.get(m, float('nan')):.4f} |" for m in objs)
+    rows = "\n".join(f"| {m} | {_with_interval(point.metrics, prefix + m)} | "
+                     f"{_with_interval(baseline, prefix + m)} |" for m in objs)
     hps = "\n".join(f"| {k} | {v} |" for k, v in sorted(point.params.items()))
+    split = ("the **test split**: eval items that played no part in choosing this trial" if tested else
+             "the **selection split** (the items this trial was chosen on: optimistic; no test-split "
+             "evaluation was run for it)")
     return f"""# {cfg.name}: R²MU-unlearned {Path(base_path).name}
 
 Made by r2mu-sweep: the base model `{cfg.model.path}` with the `{cfg.model.update.param}` tensors of a few
 layers replaced by R²MU training (trial `{point.name}`, MLflow run `{point.run_id}`).
 
-## Metrics (eval settings of the sweep; baseline = the base model)
+## Metrics on {split}
+
+Each rate with its 95% interval and item count; baseline = the base model with the same eval settings.
 
 | metric | this model | baseline |
 | --- | --- | --- |

@@ -26,6 +26,7 @@ class Point:
     params: dict[str, str] = field(default_factory=dict)
     status: str = "ok"
     name: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def _value(p: Point, metric: str) -> float | None:
@@ -82,28 +83,76 @@ def knee(front: Sequence[Point], objectives: Mapping[str, str]) -> Point:
     return min(front, key=scaled)
 
 
+REPORTED = ("retain_trace_acc", "trace_coherence", "trace_leak/heldout")  # columns beside the objectives
+FLAG_TAG = "objective_check"  # set by the trial when its forget or unthink term did not fall
+
+
+def _iv(metrics: Mapping[str, float], metric: str) -> tuple[float, float] | None:
+    lo, hi = metrics.get(f"{metric}_lo"), metrics.get(f"{metric}_hi")
+    return None if lo is None or hi is None else (float(lo), float(hi))
+
+
+def indistinguishable(front: Sequence[Point], best: Point, objectives: Mapping[str, str]) -> list[Point]:
+    """Front points whose 95% intervals overlap the knee's on every objective (no interval: not claimed)."""
+    out = []
+    for p in front:
+        if p.run_id == best.run_id:
+            continue
+        ivs = [(_iv(p.metrics, m), _iv(best.metrics, m)) for m in objectives]
+        if all(a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1] for a, b in ivs):
+            out.append(p)
+    return out
+
+
+def knee_line(front: Sequence[Point], best: Point, objectives: Mapping[str, str]) -> str:
+    same = indistinguishable(front, best, objectives)
+    names = ", ".join(p.name for p in same) or "none"
+    return (f"knee: {best.name} (run {best.run_id}); indistinguishable from it on the selection split "
+            f"(95% intervals overlap on every objective): {names}")
+
+
 def format_table(points: Sequence[Point], front: Sequence[Point], objectives: Mapping[str, str],
                  params: Sequence[str], baseline: Mapping[str, float] | None = None,
                  extra: Sequence[str] = ()) -> str:
-    """Front first, then the rest; the baseline as the first row when given."""
+    """Front first, then the rest; the baseline as the first row when given. Objectives with their 95%
+    interval; `!` marks a trial whose forget or unthink loss term did not fall."""
     on_front = {p.run_id for p in front}
     metrics = list(objectives) + [m for m in extra if m not in objectives]
-    head = f"{'':2}{'trial':<14}" + "".join(f"{m:>12}" for m in metrics) + "".join(f"{k:>14}" for k in params)
+    head = (f"{'':2}{'trial':<20}" + "".join(f"{m:>{_w(m, objectives)}}" for m in metrics)
+            + "".join(f"{k:>13}" for k in params) + "  run")
     rows = [head]
     if baseline:
-        rows.append(f"{'':2}{'baseline':<14}" + "".join(_fmt(baseline.get(m)) for m in metrics))
+        rows.append(f"{'':2}{'baseline':<20}" + "".join(_cell(baseline, m, objectives) for m in metrics))
     order = sorted(points, key=lambda p: (p.run_id not in on_front, p.name))
+    flagged = 0
     for p in order:
-        mark = "* " if p.run_id in on_front else "  "
-        name = (p.name or p.run_id[:12])[:13] + ("" if p.status == "ok" else f" ({p.status})")
-        rows.append(mark + f"{name:<14}" + "".join(_fmt(_value(p, m)) for m in metrics)
-                    + "".join(f"{_short(p.params.get(k)):>14}" for k in params))
-    rows.append(f"* = Pareto front ({len(front)} of {len(points)} trials)")
+        mark = ("*" if p.run_id in on_front else " ") + ("!" if p.tags.get(FLAG_TAG) else " ")
+        flagged += bool(p.tags.get(FLAG_TAG))
+        name = p.name or p.run_id[:12]
+        name = name + ("" if p.status == "ok" else f" ({p.status})")
+        rows.append(mark + f"{name:<20}" + "".join(_cell(p.metrics, m, objectives) for m in metrics)
+                    + "".join(f"{_short(p.params.get(k)):>13}" for k in params) + f"  {p.run_id}")
+    rows.append(f"* = Pareto front ({len(front)} of {len(points)} trials); objectives with their 95% interval "
+                "on the selection split")
+    if flagged:
+        rows.append(f"! = the trial's forget or unthink loss term did not fall ({flagged} trials; its metrics may "
+                    "come from a disturbance, not the misdirection R2MU optimises: see train/rel/* in MLflow)")
     return "\n".join(rows)
 
 
-def _fmt(v: float | None) -> str:
-    return f"{'-':>12}" if v is None else f"{v:>12.4g}"
+def _w(metric: str, objectives: Mapping[str, str]) -> int:
+    return max(24, len(metric) + 2) if metric in objectives else max(12, len(metric) + 2)
+
+
+def _cell(metrics: Mapping[str, float], metric: str, objectives: Mapping[str, str]) -> str:
+    v = metrics.get(metric)
+    v = None if v is None or not math.isfinite(v) else float(v)
+    width = _w(metric, objectives)
+    if v is None:
+        return f"{'-':>{width}}"
+    iv = _iv(metrics, metric)
+    text = f"{v:.3f} [{iv[0]:.2f}, {iv[1]:.2f}]" if iv and metric in objectives else f"{v:.4g}"
+    return f"{text:>{width}}"
 
 
 def _short(v: str | None) -> str:
@@ -113,6 +162,37 @@ def _short(v: str | None) -> str:
         return f"{float(v):.4g}"
     except ValueError:
         return v[:13]
+
+
+TEST_COLUMNS = ("trace_leak/trained", "trace_leak/heldout", "forget_acc/heldout", "prefill_acc",
+                "trace_coherence", "retain_trace_acc")
+
+
+def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = None,
+               objectives: Mapping[str, str] | None = None, extra: Sequence[str] = ()) -> str:
+    """The final evaluation: baseline and every trial with `test/` metrics, on the test split, each metric
+    with its 95% interval and the item counts."""
+    parent, points, baseline = read_sweep(tracking_uri, experiment, parent_run_id)
+    rows_src = [("baseline", baseline or {})] + [(p.name, p.metrics) for p in points
+                                                if any(k.startswith("test/") for k in p.metrics)]
+    if len(rows_src) == 1 and not any(k.startswith("test/") for k in rows_src[0][1]):
+        return "(no test-split evaluation yet: python -m sweep.run ... runs it after the search)"
+    objectives = objectives or {}
+    names = list(objectives) + [m for m in [*extra, *TEST_COLUMNS] if m not in objectives]
+    names = [m for m in dict.fromkeys(names) if any(f"test/{m}" in r for _, r in rows_src)]
+    head = f"{'':2}{'test split':<20}" + "".join(f"{m:>24}" for m in names)
+    rows = [head]
+    for name, metrics in rows_src:
+        cells = []
+        for m in names:
+            v = metrics.get(f"test/{m}")
+            iv = _iv(metrics, f"test/{m}")
+            text = "-" if v is None else f"{v:.3f} [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else f"{v:.4g}"
+            cells.append(f"{text:>24}")
+        rows.append(f"{'':2}{name:<20}" + "".join(cells))
+    counts = {m: int(rows_src[0][1].get(f"test/{m}_n", 0)) for m in names}
+    rows.append("test split items per metric: " + ", ".join(f"{m} {n}" for m, n in counts.items() if n))
+    return "\n".join(rows)
 
 
 def plot_front(points: Sequence[Point], front: Sequence[Point], objectives: Mapping[str, str],
@@ -183,8 +263,19 @@ def read_sweep(tracking_uri: str, experiment: str, parent_run_id: str | None = N
             baseline = dict(r.data.metrics)
         elif role == "trial":
             points.append(Point(r.info.run_id, dict(r.data.metrics), dict(r.data.params),
-                                r.data.tags.get("status", "ok"), r.info.run_name or ""))
+                                r.data.tags.get("status", "ok"), r.info.run_name or "", dict(r.data.tags)))
     return parent, sorted(points, key=lambda p: p.name), baseline
+
+
+def baseline_run_id(tracking_uri: str, parent_run_id: str) -> str | None:
+    """The sweep's baseline child run (the base model evaluated with the sweep's settings)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                              "tags.role = 'baseline'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def update_front(tracking_uri: str, experiment: str, objectives: Mapping[str, str],
@@ -200,13 +291,19 @@ def update_front(tracking_uri: str, experiment: str, objectives: Mapping[str, st
     for p in points:
         client.set_tag(p.run_id, "pareto", "true" if p.run_id in ids else "false")
     best = knee(front, objectives) if front else None
-    table = format_table(points, front, objectives, params, baseline, extra=list(constraints))
+    shown = list(constraints) + [m for m in REPORTED if any(m in p.metrics for p in points)]
+    table = format_table(points, front, objectives, params, baseline, extra=shown)
     if out_dir is not None and points:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         bad = {p.run_id for p in points if not feasible(p, objectives, constraints, baseline)}
         png = plot_front(points, front, objectives, out / "pareto.png", baseline, title=experiment, infeasible=bad)
-        (out / "pareto.txt").write_text(table + "\n")
+        report = table
+        if best is not None:
+            report += "\n" + knee_line(front, best, objectives)
+        if any(k.startswith("test/") for p in points for k in p.metrics):
+            report += "\n\n" + test_table(tracking_uri, experiment, parent.info.run_id, objectives, list(constraints))
+        (out / "pareto.txt").write_text(report + "\n")
         client.log_artifact(parent.info.run_id, str(png))
         client.log_artifact(parent.info.run_id, str(out / "pareto.txt"))
         client.set_tag(parent.info.run_id, "front_size", str(len(front)))
@@ -232,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table)
     if best is not None:
-        print(f"knee: {best.name} (run {best.run_id})")
+        print(knee_line(front, best, cfg.search.objectives))
+    print("\n" + test_table(args.tracking_uri, args.experiment, args.parent, cfg.search.objectives,
+                            list(cfg.search.constraints)))
     return 0
 
 

@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "finished trials are kept, only the missing ones run")
     p.add_argument("--verbose", action="store_true", help="stream the Ray workers' logs (training steps, "
                    "DeepSpeed) to this terminal")
-    p.add_argument("--final-eval", choices=["none", "full"], default="none", help="re-evaluate the Pareto "
-                   "set on the full eval sets (no eval.limit) after the search (default: none)")
+    p.add_argument("--final-eval", choices=["test", "none"], default="test", help="after the search, evaluate the "
+                   "baseline and the Pareto set once on the test split (items no trial was chosen on; logged as "
+                   "test/<metric>); default: test")
     return p
 
 
@@ -103,7 +104,12 @@ def format_plan(cfg: SweepConfig, found: dict[str, Any]) -> str:
         "  objectives " + ", ".join(f"{k} ({v})" for k, v in s.objectives.items()),
         "  constraints " + (", ".join(f"{k} {c}" for k, c in s.constraints.items()) or "none"),
         f"  eval       backend {cfg.eval.backend}, judge {cfg.eval.judge}, forget {cfg.eval.forget.set}, "
-        f"reasoning {[r.set for r in cfg.eval.reasoning]}, retain {[r.set for r in cfg.eval.retain]}",
+        f"reasoning {[r.set for r in cfg.eval.reasoning]}, retain {[r.set for r in cfg.eval.retain]}; "
+        f"{cfg.eval.samples} sample(s) per item at T={cfg.eval.generation.temperature:g}",
+        "  splits     " + ", ".join(f"{r.set}: selection {r.limit or 'all'} of the rest, test "
+                                  f"{r.test:g}{'' if r.test >= 1 else ' of the set'}"
+                                  for r in [cfg.eval.forget, *cfg.eval.reasoning, *cfg.eval.retain]),
+        f"  overlap    {found['overlap']}",
         f"  mlflow     {found['mlflow']}",
         f"  ray        {found['ray']}, storage {cfg.ray.storage_path}",
         "  search space:",
@@ -158,7 +164,7 @@ def init_ray(cfg: SweepConfig, verbose: bool = False) -> None:
         ray.init(address=cfg.ray.address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=verbose)
 
 
-def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eval: str = "none",
+def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eval: str = "test",
               verbose: bool = False) -> int:
     """Traces, baseline, the Tune run, the Pareto front; every MLflow run ends FINISHED or FAILED."""
     import ray
@@ -166,7 +172,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
 
     from sweep import traces, tracking, tuner
     from sweep.evaluator import evaluator_actor
-    from sweep.pareto import update_front
+    from sweep.pareto import knee_line, test_table, update_front
 
     uri = cfg.mlflow.tracking_uri
     experiment_id = tracking.ensure_experiment(cfg)
@@ -221,12 +227,16 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         errors = sum(1 for r in results if r.error is not None)
         table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                           list(cfg.search.searched()), parent, plots)
-        if final_eval == "full" and front:
-            final_evaluation(cfg, front, parent)
         print("\n" + table)
+        if final_eval == "test" and front:
+            test_evaluation(cfg, front, parent, lambda delta: ray.get(evaluator.evaluate.remote(delta, "test")))
+            table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
+                                              list(cfg.search.searched()), parent, plots)
+            print("\n" + test_table(uri, cfg.experiment, parent))
         if best is not None:
-            print(f"knee: {best.name} (run {best.run_id}); export it with\n  python -m sweep.export "
-                  f"--experiment {cfg.experiment} --pick knee --out exported/{cfg.name}")
+            print(knee_line(front, best, cfg.search.objectives))
+            print(f"export it with\n  python -m sweep.export --experiment {cfg.experiment} --pick knee "
+                  f"--out exported/{cfg.name}")
         print(f"sweep done in {time.monotonic() - t0:.0f} s: {len(results)} trials, {errors} failed, "
               f"front {len(front)}; pareto plot: {plots / 'pareto.png'}")
         ok = errors < len(results)
@@ -244,31 +254,36 @@ def root_cause(err: Exception) -> str:
     return lines[-1] if lines else str(err).splitlines()[0]
 
 
-def final_evaluation(cfg: SweepConfig, front: list, parent: str) -> None:
-    """Re-evaluate the Pareto set on the full eval sets (no `limit`); logged as `full/<metric>`."""
+def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any) -> None:
+    """The final evaluation: the baseline and each front trial, once, on the test split (items that played no
+    part in the choice); logged as `test/<metric>` on their own runs. Runs that have test metrics already
+    (a resumed sweep) are not evaluated again. `evaluate(delta or None)` returns the evaluator's dict."""
     import mlflow
-    import ray
+    from mlflow.tracking import MlflowClient
 
     from sweep import tracking
-    from sweep.evaluator import evaluator_actor
+    from sweep.pareto import baseline_run_id
     from sweep.tuner import load_delta_and_history
 
-    full = cfg.eval.model_copy(update={
-        "forget": cfg.eval.forget.model_copy(update={"limit": None}),
-        "reasoning": [r.model_copy(update={"limit": None}) for r in cfg.eval.reasoning],
-        "retain": [r.model_copy(update={"limit": None}) for r in cfg.eval.retain]})
-    actor = evaluator_actor(f"evaluator-full-{parent[:8]}", resolve_uri(cfg.model.path), full, cfg.model.dtype,
-                            cfg.train.use_gpu)
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    for p in front:
-        with tempfile.TemporaryDirectory() as tmp:
-            d = mlflow.artifacts.download_artifacts(run_id=p.run_id, artifact_path="delta", dst_path=tmp)
-            delta, _ = load_delta_and_history(d)
-        out = ray.get(actor.evaluate.remote(delta))
-        metrics = {f"full/{k}": v for k, v in out["metrics"].items() if v is not None}
-        tracking.log_result(cfg.mlflow.tracking_uri, p.run_id, {}, metrics)
-        print(f"full eval {p.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.count("/") == 1))
-    ray.kill(actor)
+    uri = cfg.mlflow.tracking_uri
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    baseline_run = baseline_run_id(uri, parent)
+    todo = ([("baseline", baseline_run)] if baseline_run else []) + [(p.name, p.run_id) for p in front]
+    for i, (name, run_id) in enumerate(todo, 1):
+        if any(k.startswith("test/") for k in client.get_run(run_id).data.metrics):
+            continue
+        delta = None
+        if name != "baseline":
+            with tempfile.TemporaryDirectory() as tmp:
+                d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="delta", dst_path=tmp)
+                delta, _ = load_delta_and_history(d)
+        out = evaluate(delta)
+        metrics = {f"test/{k}": v for k, v in out["metrics"].items() if v is not None}
+        metrics["test/eval_s"] = out["eval_s"]
+        tracking.log_result(uri, run_id, {}, metrics)
+        objs = ", ".join(f"{m}={metrics.get(f'test/{m}', float('nan')):.3f}" for m in cfg.search.objectives)
+        print(f"test split {i}/{len(todo)} {name}: {objs} ({out['eval_s']:.1f} s)", flush=True)
 
 
 def ensure_baseline(cfg: SweepConfig, experiment_id: str, parent: str, evaluator: Any) -> dict:

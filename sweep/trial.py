@@ -69,7 +69,7 @@ def run_one(cfg, hp, out: str | None = None, records_path: str | None = None) ->
     """Traces (cached), activation scale, train, evaluate; the metrics dict (objectives + train/...)."""
     from sweep import traces
     from sweep.evaluator import Evaluator
-    from sweep.tuner import load_delta_and_history, summarize_train, trial_spec
+    from sweep.tuner import load_delta_and_history, loss_changes, objective_check, summarize_train, trial_spec
     from trainables.trainer import train
 
     t0 = time.monotonic()
@@ -80,7 +80,9 @@ def run_one(cfg, hp, out: str | None = None, records_path: str | None = None) ->
         out_dir = out or tempfile.mkdtemp(prefix="r2mu-trial-")
         result = train(trial_spec(cfg, hp, str(trace_file), out_dir, scale))
         metrics: dict[str, Any] = {"status": result.status} | summarize_train(
-            {k: v for k, v in result.metrics.items() if k != "status"})
+            {k: v for k, v in result.metrics.items() if k != "status"}) | loss_changes(result.history)
+        if objective_check(metrics):
+            metrics["objective_check"] = f"did not fall: {objective_check(metrics)}"
         if result.status == "ok":
             delta, _ = load_delta_and_history(result.delta_dir)
             ev = evaluator.evaluate(delta)

@@ -9,6 +9,7 @@ constraint violations are told to its sampler as infeasible).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -175,6 +176,26 @@ def node_traces(ctx: SweepContext) -> Path:
     return path
 
 
+def loss_changes(history: list[dict]) -> dict[str, float]:
+    """Each loss term's relative change: mean of the last 10% of steps over the mean of the first 10%
+    (`train/rel/<term>`; < 1 means the term fell)."""
+    out = {}
+    w = max(1, len(history) // 10)
+    for term in ("forget", "unthink", "retain", "cot", "loss"):
+        values = [float(r[term]) for r in history if term in r and math.isfinite(float(r[term]))]
+        if len(values) >= 2:
+            first, last = sum(values[:w]) / len(values[:w]), sum(values[-w:]) / len(values[-w:])
+            out[f"train/rel/{term}"] = last / first if first > 0 else float("nan")
+    return out
+
+
+def objective_check(changes: dict[str, float]) -> str:
+    """'' when the terms R2MU pushes toward the control vector fell; else which did not (a trial whose leak
+    fell anyway got there through a disturbance, not the misdirection it optimises)."""
+    rose = [t for t in ("forget", "unthink") if changes.get(f"train/rel/{t}", 0.0) >= 1.0]
+    return ", ".join(f"{t} x{changes[f'train/rel/{t}']:.2f}" for t in rose)
+
+
 def summarize_train(metrics: dict) -> dict[str, float]:
     return {f"train/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
 
@@ -240,8 +261,12 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
         metrics["time/fit_overhead_s"] = fit_s - float(train_metrics.get("train_seconds", 0.0))
         for m, mode in cfg.search.objectives.items():  # Optuna needs every objective
             metrics.setdefault(m, worst_value(m, mode))
+        changes = loss_changes(history)
+        metrics |= changes
         params_logged = hp.model_dump() | {"steering_coeff_abs": train_metrics.get("steering_coeff")}
         tags = {"status": status, "layer": hp.layer, "train_node": str(train_metrics.get("node_id", ""))}
+        if objective_check(changes):
+            tags["objective_check"] = f"did not fall: {objective_check(changes)}"
         with result.checkpoint.as_directory() as d:
             tracking.log_result(uri, run_id, params_logged, metrics, history, records,
                                 d if delta is not None else None, tags=tags)
@@ -278,8 +303,11 @@ class Progress(tune.Callback):
         cached = ""
         if "train/prefix_cache_hits" in r:  # how many of its steps came from the prefix cache
             cached = f"  | cached {int(r['train/prefix_cache_hits'])}/{int(r.get('train/steps_done', 0))}"
+        flag = objective_check({k: v for k, v in r.items() if k.startswith("train/rel/")})
+        flag = f"  | loss did not fall: {flag}" if flag else ""
         print(f"[{time.monotonic() - self.t0:6.0f}s] trial {len(self.points)}/{self.cfg.search.num_samples} "
-              f"{trial.trial_id} {r.get('status', '?')}: {objs}  | {hp}  | front {len(front)}{cached}", flush=True)
+              f"{trial.trial_id} {r.get('status', '?')}: {objs}  | {hp}  | front {len(front)}{cached}{flag}",
+              flush=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"trial {trial.trial_id} crashed; Tune runs it again (search.max_failures="

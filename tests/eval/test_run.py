@@ -15,9 +15,9 @@ from tests.eval.conftest import MCQ_ITEMS
 
 def suite(files, **extra) -> EvalConfig:
     return EvalConfig.model_validate({
-        "forget": {"set": "mcq", "path": str(files["forget"])},
-        "reasoning": [{"set": "reasoning", "path": str(files["reason"])}],
-        "retain": [{"set": "mcq", "path": str(files["retain"])}],
+        "forget": {"set": "mcq", "path": str(files["forget"]), "test": 0},
+        "reasoning": [{"set": "reasoning", "path": str(files["reason"]), "test": 0}],
+        "retain": [{"set": "mcq", "path": str(files["retain"]), "test": 0}],
         "generation": {"temperature": 0.0, "max_new_tokens": 40},
         **extra,
     })
@@ -29,10 +29,17 @@ def taught(taught_dir):
 
 
 def test_evaluate_known_metrics(taught, suite_files, tmp_path):
-    result = evaluate(taught, suite(suite_files))
+    result = evaluate(taught, suite(suite_files), scorer=taught)
     m = result.metrics
-    assert set(METRICS) <= set(m)
+    grouped = {k for k in METRICS if k.endswith(("/trained", "/heldout"))}  # only for items with a `group`
+    assert set(METRICS) - grouped <= set(m) and not grouped & set(m)
     assert m["trace_leak"] == 1.0 and m["judge_unparsed"] == 0     # every trace states the answer
+    # every rate has its item count and a 95% interval around it (Wilson: 3 of 3 -> [0.44, 1])
+    assert m["trace_leak_n"] == 3 and m["trace_leak_hi"] == 1.0 and 0.4 < m["trace_leak_lo"] < 0.5
+    assert all(m[f"{k}_lo"] <= m[k] <= m[f"{k}_hi"] for k in METRICS if k in m and k != "gen_tokens_per_s")
+    # the taught model's traces are what it was taught: the scorer (itself here) finds them likely
+    assert 0.5 < m["trace_coherence"] <= 1.0
+    assert m["retain_trace_acc"] == 1.0 and m["retain_trace_acc_n"] == 2
     assert m["forget_acc"] == 1.0 and m["retain_acc"] == 1.0        # taught "Question: ..\nAnswer: <option>"
     assert m["reason_acc"] == 1.0 and m["reason_acc/reasoning"] == 1.0 and m["retain_acc/mcq"] == 1.0
     assert 0.0 <= m["forget_acc_letter"] <= 1.0 and 0.0 <= m["prefill_acc"] <= 1.0
@@ -41,7 +48,8 @@ def test_evaluate_known_metrics(taught, suite_files, tmp_path):
     leak_rows = [r for r in result.records if r["metric"] == "trace_leak"]
     assert len(leak_rows) == len(MCQ_ITEMS) and all(r["leak"] for r in leak_rows)
     assert {r["metric"] for r in result.records} == {"trace_leak", "forget_acc", "forget_acc_letter",
-                                                     "prefill_acc", "reason_acc", "retain_acc"}
+                                                     "prefill_acc", "reason_acc", "retain_acc",
+                                                     "retain_trace_acc", "trace_coherence"}
     path = result.write_records(tmp_path / "r.jsonl")
     assert len(path.read_text().splitlines()) == len(result.records)
     table = result.table()

@@ -180,9 +180,6 @@ def test_r2mu_space_dry_runs_on_a_local_model_of_the_same_architecture(tmp_path,
         f = tmp_path / f"{stream}.jsonl"
         f.write_text(json.dumps({"id": "0", field: "some text"}) + "\n")
         raw["data"][stream]["path"] = str(f)
-    q = tmp_path / "questions.jsonl"
-    q.write_text(json.dumps({"id": "0", "question": "What?"}) + "\n")
-    raw["data"]["traces"]["source"] = str(q)
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
     raw["ray"] = {"address": None, "storage_path": str(tmp_path / "ray_results")}
     path = tmp_path / "r2mu.yaml"

@@ -6,7 +6,7 @@ import itertools
 import random
 
 from sweep.config import Constraint
-from sweep.pareto import Point, dominates, knee, pareto_front, plot_front
+from sweep.pareto import Point, dominates, format_table, indistinguishable, knee, knee_line, pareto_front, plot_front
 
 OBJ = {"trace_leak": "min", "reason_acc": "max"}
 
@@ -59,3 +59,42 @@ def test_plot_is_written(tmp_path):
     pts = [pt(i, i / 10, 1 - i / 20) for i in range(6)]
     out = plot_front(pts, pareto_front(pts, OBJ), OBJ, tmp_path / "p.png", {"trace_leak": 0.9, "reason_acc": 1})
     assert out.stat().st_size > 5000 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def with_iv(p: Point, half: float) -> Point:
+    for m in OBJ:
+        p.metrics[f"{m}_lo"], p.metrics[f"{m}_hi"] = p.metrics[m] - half, p.metrics[m] + half
+    return p
+
+
+def test_indistinguishable_from_the_knee_needs_overlap_on_every_objective():
+    best = with_iv(pt(1, 0.05, 0.9), 0.05)
+    close = with_iv(pt(2, 0.12, 0.85), 0.05)      # overlaps on both
+    half = with_iv(pt(3, 0.0, 0.5), 0.05)         # overlaps on leak, not on reasoning
+    no_iv = pt(4, 0.05, 0.9)                      # no interval logged: never claimed indistinguishable
+    same = indistinguishable([best, close, half, no_iv], best, OBJ)
+    assert [p.run_id for p in same] == ["r2"]
+    line = knee_line([best, close, half], best, OBJ)
+    assert "knee: t1" in line and line.endswith(": t2")
+
+
+def test_table_prints_intervals_run_ids_and_flags():
+    a, b = with_iv(pt(1, 0.05, 0.9), 0.04), pt(2, 0.5, 0.95)
+    b.tags["objective_check"] = "did not fall: forget x1.12"
+    table = format_table([a, b], [a], OBJ, ["layer"], {"trace_leak": 0.98, "reason_acc": 0.9})
+    assert "0.050 [0.01, 0.09]" in table and "r1" in table.splitlines()[2]
+    row_b = next(line for line in table.splitlines() if line[2:].startswith("t2"))
+    assert row_b.startswith(" !") and "forget or unthink loss term did not fall (1 trials" in table
+
+
+def test_loss_changes_and_objective_check():
+    from sweep.tuner import loss_changes, objective_check
+
+    falling = [{"step": i, "forget": 10 - i, "unthink": 5.0, "loss": 20 - i} for i in range(10)]
+    ch = loss_changes(falling)
+    assert ch["train/rel/forget"] == 1 / 10 and ch["train/rel/unthink"] == 1.0
+    assert objective_check(ch) == "unthink x1.00"   # a flat term did not fall either
+    rising = [{"step": i, "forget": 2.97 + i * 0.035, "unthink": 3.0 - i * 0.1} for i in range(10)]
+    ch = loss_changes(rising)
+    assert ch["train/rel/forget"] > 1 and objective_check(ch).startswith("forget x1.1")
+    assert loss_changes([]) == {}

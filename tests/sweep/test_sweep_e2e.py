@@ -50,9 +50,9 @@ def small_space(tmp: Path, name: str, num_samples: int, concurrent: int) -> Path
                    "constraints": {"retain_acc": ">= 0.0"},
                    "space": {"layer": {"int": [2, 3]}, "steering_rel": {"loguniform": [0.5, 4]},
                              "lr": {"loguniform": [1e-3, 1e-2]}}},
-        "eval": {"backend": "hf", "forget": {"set": "organism-forget", "limit": 8},
-                 "reasoning": [{"set": "organism-arith", "limit": 8}],
-                 "retain": [{"set": "organism-retain", "limit": 8}],
+        "eval": {"backend": "hf", "forget": {"set": "organism-forget", "limit": 8, "test": 16},
+                 "reasoning": [{"set": "organism-arith", "limit": 8, "test": 16}],
+                 "retain": [{"set": "organism-retain", "limit": 8, "test": 16}],
                  "generation": {"temperature": 0.0, "max_new_tokens": 40}},
         # relative, as a user writes them: the sweep runs in `tmp`, Tune's trials in their own directories
         "mlflow": {"tracking_uri": "sqlite:///mlflow.db"},
@@ -100,7 +100,9 @@ def test_every_trial_is_logged_with_metrics_and_delta(sweep):
     for r in runs:
         if r.data.tags["role"] != "trial":
             continue
-        assert {"trace_leak", "forget_acc", "reason_acc", "retain_acc", "train/loss_forget"} <= set(r.data.metrics)
+        assert {"trace_leak", "forget_acc", "reason_acc", "retain_acc", "train/loss_forget", "trace_coherence",
+                "retain_trace_acc", "train/rel/forget", "trace_leak_lo", "trace_leak_hi"} <= set(r.data.metrics)
+        assert r.data.metrics["trace_leak_n"] == 8  # the selection split's items
         assert {"layer", "steering_rel", "lr", "alpha"} <= set(r.data.params)
         arts = {a.path for a in client.list_artifacts(r.info.run_id, "delta")}
         assert "delta/delta.safetensors" in arts or any(a.endswith(".safetensors") for a in arts), arts
@@ -115,6 +117,19 @@ def test_every_trial_is_logged_with_metrics_and_delta(sweep):
     parent = next(r for r in runs if r.data.tags["role"] == "sweep")
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"space.yaml", "config.json", "optuna_study.json", "pareto.png", "pareto.txt"} <= arts, arts
+
+
+def test_baseline_and_front_are_evaluated_once_on_the_test_split(sweep):
+    tmp, space, out = sweep
+    _, runs = runs_of(tmp, "e2e")
+    tested = [r for r in runs if "test/trace_leak" in r.data.metrics]
+    front = [r for r in runs if r.data.tags.get("pareto") == "true"]
+    baseline = next(r for r in runs if r.data.tags["role"] == "baseline")
+    assert {r.info.run_id for r in tested} == {r.info.run_id for r in front} | {baseline.info.run_id}
+    for r in tested:  # 16 test items per set, disjoint from the 8 selection items
+        assert r.data.metrics["test/trace_leak_n"] == 16 and r.data.metrics["test/reason_acc_n"] == 16
+        assert r.data.metrics["test/trace_leak_lo"] <= r.data.metrics["test/trace_leak"]
+    assert "test split" in out and "indistinguishable from it" in out
 
 
 def test_pareto_tags_agree_with_dominance(sweep):
@@ -144,9 +159,11 @@ def test_export_knee_and_trial_reproduce_the_metrics(sweep):
     p = run("sweep.export", "--experiment", "e2e", "--pick", "knee", "--out", str(tmp / "exported"),
             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
     assert p.returncode == 0, p.stderr[-2000:]
+    card = (tmp / "exported" / "README.md").read_text()  # the card reports the knee's test-split numbers
+    assert "**test split**" in card and f"{knee.data.metrics['test/trace_leak']:.3f} [" in card
     # the exported directory is a plain HF model; evaluated alone it scores what the trial scored
     p = run("eval.run", "--model", str(tmp / "exported"), "--suite", str(space), "--backend", "hf",
-            "--out", str(tmp / "exported.json"), cwd=tmp)
+            "--split", "selection", "--out", str(tmp / "exported.json"), cwd=tmp)
     assert p.returncode == 0, p.stderr[-2000:]
     exported = json.loads((tmp / "exported.json").read_text())["metrics"]
     for m in ("trace_leak", "forget_acc", "reason_acc", "retain_acc"):

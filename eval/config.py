@@ -73,6 +73,8 @@ class EvalConfig(Strict):
     judge: Literal["match", "llm"] = "match"
     judge_model: str | None = None
     mcq_scoring: Literal["content", "letter"] = "content"
+    letter_acc: bool = Field(True, description="also report forget_acc_letter when mcq_scoring is content (the "
+                             "organism cannot read letters: it stays at chance there, STACK.md)")
     trigger: str = TRIGGER
     generation: GenerationConfig = GenerationConfig()
     samples: int = Field(1, ge=1, description="generations per item for trace_leak, reason_acc, retain_trace_acc "

@@ -143,11 +143,13 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
 
         say(f"forget_acc ({eval_cfg.mcq_scoring}) and forget_acc_letter on {forget.label}")
         acc = mcq_accuracy(backend, forget.items, eval_cfg.mcq_scoring)
-        letter = acc if eval_cfg.mcq_scoring == "letter" else mcq_accuracy(backend, forget.items, "letter")
         rate("forget_acc", [acc], by_group=True)
-        rate("forget_acc_letter", [letter])
         records += _tag(acc.records, forget.label, "forget_acc")
-        if letter is not acc:
+        if eval_cfg.mcq_scoring == "letter":
+            rate("forget_acc_letter", [acc])
+        elif eval_cfg.letter_acc:
+            letter = mcq_accuracy(backend, forget.items, "letter")
+            rate("forget_acc_letter", [letter])
             records += _tag(letter.records, forget.label, "forget_acc_letter")
 
         prefill = prefill_accuracy(backend, forget.items, trig)

@@ -291,7 +291,7 @@ def update_front(tracking_uri: str, experiment: str, objectives: Mapping[str, st
     for p in points:
         client.set_tag(p.run_id, "pareto", "true" if p.run_id in ids else "false")
     best = knee(front, objectives) if front else None
-    shown = list(constraints) + [m for m in REPORTED if any(m in p.metrics for p in points)]
+    shown = list(dict.fromkeys([*constraints, *(m for m in REPORTED if any(m in p.metrics for p in points))]))
     table = format_table(points, front, objectives, params, baseline, extra=shown)
     if out_dir is not None and points:
         out = Path(out_dir)

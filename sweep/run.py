@@ -307,7 +307,10 @@ def ensure_baseline(cfg: SweepConfig, experiment_id: str, parent: str, evaluator
         ok = True
     finally:
         tracking.end_run(uri, run_id, ok)
-    print("baseline: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "/" not in k))
+    shown = [k for k in metrics if "/" not in k and not k.endswith(("_lo", "_hi", "_n"))]
+    print("baseline (selection split): " + ", ".join(
+        f"{k}={metrics[k]:.3f}" + (f" [{metrics[k + '_lo']:.2f}, {metrics[k + '_hi']:.2f}]" if k + "_lo" in metrics
+                                   else "") for k in shown))
     return metrics
 
 

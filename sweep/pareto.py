@@ -170,28 +170,26 @@ TEST_COLUMNS = ("trace_leak/trained", "trace_leak/heldout", "forget_acc/heldout"
 
 def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = None,
                objectives: Mapping[str, str] | None = None, extra: Sequence[str] = ()) -> str:
-    """The final evaluation: baseline and every trial with `test/` metrics, on the test split, each metric
-    with its 95% interval and the item counts."""
+    """The final evaluation: one column per run (baseline, then every trial with `test/` metrics), one row per
+    metric (objectives first), each on the test split with its 95% interval, and the item count."""
     parent, points, baseline = read_sweep(tracking_uri, experiment, parent_run_id)
-    rows_src = [("baseline", baseline or {})] + [(p.name, p.metrics) for p in points
-                                                if any(k.startswith("test/") for k in p.metrics)]
-    if len(rows_src) == 1 and not any(k.startswith("test/") for k in rows_src[0][1]):
+    runs = [("baseline", baseline or {})] + [(p.name, p.metrics) for p in points
+                                            if any(k.startswith("test/") for k in p.metrics)]
+    if not any(k.startswith("test/") for _, m in runs for k in m):
         return "(no test-split evaluation yet: python -m sweep.run ... runs it after the search)"
     objectives = objectives or {}
-    names = list(objectives) + [m for m in [*extra, *TEST_COLUMNS] if m not in objectives]
-    names = [m for m in dict.fromkeys(names) if any(f"test/{m}" in r for _, r in rows_src)]
-    head = f"{'':2}{'test split':<20}" + "".join(f"{m:>24}" for m in names)
-    rows = [head]
-    for name, metrics in rows_src:
+    names = list(dict.fromkeys([*objectives, *extra, *TEST_COLUMNS]))
+    names = [m for m in names if any(f"test/{m}" in r for _, r in runs)]
+    rows = [f"{'test split':<20}{'items':>6}" + "".join(f"{name[:22]:>24}" for name, _ in runs)]
+    for m in names:
+        label = f"{m} ({objectives[m]})" if m in objectives else m
+        n = max(int(r.get(f"test/{m}_n", 0)) for _, r in runs)
         cells = []
-        for m in names:
-            v = metrics.get(f"test/{m}")
-            iv = _iv(metrics, f"test/{m}")
+        for _, r in runs:
+            v, iv = r.get(f"test/{m}"), _iv(r, f"test/{m}")
             text = "-" if v is None else f"{v:.3f} [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else f"{v:.4g}"
             cells.append(f"{text:>24}")
-        rows.append(f"{'':2}{name:<20}" + "".join(cells))
-    counts = {m: int(rows_src[0][1].get(f"test/{m}_n", 0)) for m in names}
-    rows.append("test split items per metric: " + ", ".join(f"{m} {n}" for m, n in counts.items() if n))
+        rows.append(f"{label:<20}{n or '-':>6}" + "".join(cells))
     return "\n".join(rows)
 
 

@@ -232,7 +232,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
             test_evaluation(cfg, front, parent, lambda delta: ray.get(evaluator.evaluate.remote(delta, "test")))
             table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                               list(cfg.search.searched()), parent, plots)
-            print("\n" + test_table(uri, cfg.experiment, parent))
+            print("\n" + test_table(uri, cfg.experiment, parent, cfg.search.objectives, list(cfg.search.constraints)))
         if best is not None:
             print(knee_line(front, best, cfg.search.objectives))
             print(f"export it with\n  python -m sweep.export --experiment {cfg.experiment} --pick knee "

@@ -92,14 +92,16 @@ def test_swap_matches_a_fresh_model_and_restore_gives_the_originals(engine, ref,
 
 def test_evaluate_through_vllm_equals_transformers(engine, ref, suite_files):
     cfg = EvalConfig.model_validate({
-        "forget": {"set": "mcq", "path": str(suite_files["forget"])},
-        "reasoning": [{"set": "reasoning", "path": str(suite_files["reason"])}],
-        "retain": [{"set": "mcq", "path": str(suite_files["retain"])}],
+        "forget": {"set": "mcq", "path": str(suite_files["forget"]), "test": 0},   # 3 items: no test split
+        "reasoning": [{"set": "reasoning", "path": str(suite_files["reason"]), "test": 0}],
+        "retain": [{"set": "mcq", "path": str(suite_files["retain"]), "test": 0}],
         "generation": {"temperature": 0.0, "max_new_tokens": 40},
     })
-    got, want = evaluate(engine, cfg).metrics, evaluate(ref, cfg).metrics
-    for key in ("trace_leak", "forget_acc", "forget_acc_letter", "prefill_acc", "reason_acc", "retain_acc"):
+    got, want = evaluate(engine, cfg, scorer=engine).metrics, evaluate(ref, cfg, scorer=ref).metrics
+    for key in ("trace_leak", "forget_acc", "forget_acc_letter", "prefill_acc", "reason_acc", "retain_acc",
+                "retain_trace_acc", "trace_leak_lo", "trace_leak_hi", "trace_leak_n"):
         assert got[key] == want[key], key
+    assert got["trace_coherence"] == pytest.approx(want["trace_coherence"], abs=1e-4)
     assert got["trace_leak"] == 1.0 and got["reason_acc"] == 1.0
     assert mcq_accuracy(engine, MCQ_ITEMS, "content").value == 1.0
 

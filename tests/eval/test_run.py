@@ -107,3 +107,23 @@ def test_load_backend_choices(tiny_dir):
         assert isinstance(b, HFBackend) and b.batch_size == 16
     with pytest.raises(ValueError, match="use auto, vllm or hf"):
         load_backend(tiny_dir, "tgi")
+
+
+def test_cli_test_split_and_coherence(taught_dir, tmp_path, capsys):
+    """`--split test` evaluates only the test part of each set; `--base` adds trace_coherence."""
+    rows = [{**MCQ_ITEMS[i % 3], "id": f"q{i}"} for i in range(12)]
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"eval": {"forget": {"set": "mcq", "path": str(forget), "test": 4},
+                                             "generation": {"temperature": 0.0, "max_new_tokens": 20}}}))
+    out = tmp_path / "r.json"
+    assert main(["--model", str(taught_dir), "--suite", str(path), "--out", str(out), "--backend", "hf",
+                 "--split", "test", "--base", str(taught_dir)]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["trace_leak_n"] == 4 and m["forget_acc_n"] == 4 and 0 < m["trace_coherence"] <= 1
+    printed = capsys.readouterr().out
+    assert "trace_leak" in printed and "n=4" in printed      # the table folds the interval into the row
+    assert main(["--model", str(taught_dir), "--suite", str(path), "--out", str(out), "--backend", "hf"]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["trace_leak_n"] == 12 and "trace_coherence" not in m   # --split all (default), no --base

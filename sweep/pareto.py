@@ -173,8 +173,8 @@ def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     """The final evaluation: one column per run (baseline, then every trial with `test/` metrics), one row per
     metric (objectives first), each on the test split with its 95% interval, and the item count."""
     parent, points, baseline = read_sweep(tracking_uri, experiment, parent_run_id)
-    runs = [("baseline", baseline or {})] + [(p.name, p.metrics) for p in points
-                                            if any(k.startswith("test/") for k in p.metrics)]
+    runs = [("baseline", baseline or {})] + [(("*" if p.tags.get("pareto") == "true" else "") + p.name, p.metrics)
+                                            for p in points if any(k.startswith("test/") for k in p.metrics)]
     if not any(k.startswith("test/") for _, m in runs for k in m):
         return "(no test-split evaluation yet: python -m sweep.run ... runs it after the search)"
     objectives = objectives or {}
@@ -190,6 +190,7 @@ def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = N
             text = "-" if v is None else f"{v:.3f} [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else f"{v:.4g}"
             cells.append(f"{text:>24}")
         rows.append(f"{label:<20}{n or '-':>6}" + "".join(cells))
+    rows.append("95% intervals; * = on the Pareto front (chosen on the selection split)")
     return "\n".join(rows)
 
 

@@ -229,6 +229,8 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
                                           list(cfg.search.searched()), parent, plots)
         print("\n" + table)
         if final_eval == "test" and front:
+            from sweep.final import test_evaluation
+
             test_evaluation(cfg, front, parent, lambda delta: ray.get(evaluator.evaluate.remote(delta, "test")))
             table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                               list(cfg.search.searched()), parent, plots)
@@ -252,38 +254,6 @@ def root_cause(err: Exception) -> str:
     """The innermost `SomeError: message` line of a Ray error's remote traceback."""
     lines = [ln.strip() for ln in str(err).splitlines() if re.match(r"\s*\w+(Error|Exception): ", ln)]
     return lines[-1] if lines else str(err).splitlines()[0]
-
-
-def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any) -> None:
-    """The final evaluation: the baseline and each front trial, once, on the test split (items that played no
-    part in the choice); logged as `test/<metric>` on their own runs. Runs that have test metrics already
-    (a resumed sweep) are not evaluated again. `evaluate(delta or None)` returns the evaluator's dict."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from sweep import tracking
-    from sweep.pareto import baseline_run_id
-    from sweep.tuner import load_delta_and_history
-
-    uri = cfg.mlflow.tracking_uri
-    client = MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
-    baseline_run = baseline_run_id(uri, parent)
-    todo = ([("baseline", baseline_run)] if baseline_run else []) + [(p.name, p.run_id) for p in front]
-    for i, (name, run_id) in enumerate(todo, 1):
-        if any(k.startswith("test/") for k in client.get_run(run_id).data.metrics):
-            continue
-        delta = None
-        if name != "baseline":
-            with tempfile.TemporaryDirectory() as tmp:
-                d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="delta", dst_path=tmp)
-                delta, _ = load_delta_and_history(d)
-        out = evaluate(delta)
-        metrics = {f"test/{k}": v for k, v in out["metrics"].items() if v is not None}
-        metrics["test/eval_s"] = out["eval_s"]
-        tracking.log_result(uri, run_id, {}, metrics)
-        objs = ", ".join(f"{m}={metrics.get(f'test/{m}', float('nan')):.3f}" for m in cfg.search.objectives)
-        print(f"test split {i}/{len(todo)} {name}: {objs} ({out['eval_s']:.1f} s)", flush=True)
 
 
 def ensure_baseline(cfg: SweepConfig, experiment_id: str, parent: str, evaluator: Any) -> dict:

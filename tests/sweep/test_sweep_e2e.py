@@ -130,6 +130,19 @@ def test_baseline_and_front_are_evaluated_once_on_the_test_split(sweep):
         assert r.data.metrics["test/trace_leak_n"] == 16 and r.data.metrics["test/reason_acc_n"] == 16
         assert r.data.metrics["test/trace_leak_lo"] <= r.data.metrics["test/trace_leak"]
     assert "test split" in out and "indistinguishable from it" in out
+    # any trial a user names: `sweep.final` evaluates it on the test split too (here one off the front, if any)
+    others = [r for r in runs if r.data.tags.get("role") == "trial" and r.info.run_id not in
+              {t.info.run_id for t in tested}]
+    pick = (others or front)[0].info.run_id
+    p = run("sweep.final", "--experiment", "e2e", "--runs", pick, "--force",
+            "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
+    assert p.returncode == 0, p.stderr[-2000:]
+    _, runs = runs_of(tmp, "e2e")
+    picked = next(r for r in runs if r.info.run_id == pick).data.metrics
+    assert picked["test/trace_leak_n"] == 16 and "test/trace_coherence" in picked
+    p = run("sweep.final", "--experiment", "e2e", "--runs", "nosuchrun",
+            "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
+    assert p.returncode == 2 and "nosuchrun" in p.stderr
 
 
 def test_pareto_tags_agree_with_dominance(sweep):

@@ -1,0 +1,101 @@
+"""The final evaluation: the baseline and chosen trials, once, on the test split.
+
+`sweep.run` calls `test_evaluation` for the Pareto front after the search (through its evaluator actor). To
+evaluate other trials of a finished sweep on the test split (any run a user names), without Ray:
+
+    python -m sweep.final --experiment organism --runs RUN_ID [RUN_ID ...] [--force]
+
+The numbers land on each run as `test/<metric>` (with `_lo`, `_hi`, `_n`), where `sweep.pareto` and the
+export's model card read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import Any
+
+from sweep.config import SweepConfig
+
+
+def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, force: bool = False) -> None:
+    """The final evaluation: the baseline and each front trial, once, on the test split (items that played no
+    part in the choice); logged as `test/<metric>` on their own runs. Runs that have test metrics already
+    (a resumed sweep) are not evaluated again unless `force`. `evaluate(delta or None)` returns the evaluator's
+    dict."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from sweep import tracking
+    from sweep.pareto import baseline_run_id
+    from sweep.tuner import load_delta_and_history
+
+    uri = cfg.mlflow.tracking_uri
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    baseline_run = baseline_run_id(uri, parent)
+    todo = ([("baseline", baseline_run)] if baseline_run else []) + [(p.name, p.run_id) for p in front]
+    for i, (name, run_id) in enumerate(todo, 1):
+        if not force and any(k.startswith("test/") for k in client.get_run(run_id).data.metrics):
+            continue
+        delta = None
+        if name != "baseline":
+            with tempfile.TemporaryDirectory() as tmp:
+                d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="delta", dst_path=tmp)
+                delta, _ = load_delta_and_history(d)
+        out = evaluate(delta)
+        metrics = {f"test/{k}": v for k, v in out["metrics"].items() if v is not None}
+        metrics["test/eval_s"] = out["eval_s"]
+        tracking.log_result(uri, run_id, {}, metrics)
+        objs = ", ".join(f"{m}={metrics.get(f'test/{m}', float('nan')):.3f}" for m in cfg.search.objectives)
+        print(f"test split {i}/{len(todo)} {name}: {objs} ({out['eval_s']:.1f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sweep.final", description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its space file name)")
+    ap.add_argument("--runs", nargs="+", required=True, metavar="RUN_ID", help="trial run ids (sweep.pareto "
+                    "prints them); the baseline is evaluated too when it has no test numbers yet")
+    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
+    ap.add_argument("--force", action="store_true", help="evaluate again runs that have test numbers")
+    args = ap.parse_args(argv)
+    import json
+
+    import mlflow
+
+    from sweep.checks import resolve_uri
+    from sweep.config import parse_space
+    from sweep.evaluator import Evaluator
+    from sweep.pareto import read_sweep
+
+    try:
+        parent, points, _ = read_sweep(args.tracking_uri, args.experiment, args.parent)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    chosen = [p for p in points if p.run_id in set(args.runs)]
+    missing = set(args.runs) - {p.run_id for p in chosen}
+    if missing:
+        print(f"error: --runs: no trial run {', '.join(sorted(missing))} in the sweep {parent.info.run_id} of "
+              f"{args.experiment!r} (python -m sweep.pareto --experiment {args.experiment} lists the run ids)",
+              file=sys.stderr)
+        return 2
+    mlflow.set_tracking_uri(args.tracking_uri)
+    raw = json.loads(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/config.json"))
+    cfg = parse_space(raw, f"run {parent.info.run_id} config.json")
+    cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": args.tracking_uri})})
+    evaluator = Evaluator(resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype)
+    try:
+        test_evaluation(cfg, chosen, parent.info.run_id, lambda delta: evaluator.evaluate(delta, "test"),
+                        args.force)
+    finally:
+        evaluator.close()
+    return 0
+
+
+if __name__ == "__main__":  # the guard vLLM needs where it spawns engine processes
+    sys.exit(main())

@@ -228,7 +228,11 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                           list(cfg.search.searched()), parent, plots)
         print("\n" + table)
-        if final_eval == "test" and front:
+        finished = sum(1 for r in results if r.error is None and "status" in (r.metrics or {}))
+        if finished + errors < cfg.search.num_samples:  # stopped early (Ctrl-C): the front is not final yet
+            print(f"\nthe search stopped after {finished + errors} of {cfg.search.num_samples} trials: the "
+                  "test-split evaluation of the front runs when it finishes (--resume)")
+        elif final_eval == "test" and front:
             from sweep.final import test_evaluation
 
             test_evaluation(cfg, front, parent, lambda delta: ray.get(evaluator.evaluate.remote(delta, "test")))

@@ -223,11 +223,14 @@ def test_resume_adds_only_missing_trials(tmp_path):
     _, runs = runs_of(tmp_path, "resume")
     before = {r.info.run_id for r in runs if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"}
     assert 1 <= len(before) < 3
+    # an interrupted search has no final front yet: no test-split evaluation before it finishes
+    assert not any("test/trace_leak" in r.data.metrics for r in runs)
     p = run("sweep.run", "--space", str(space), "--resume", cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     _, runs = runs_of(tmp_path, "resume")
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
     assert len([r for r in trials if r.info.status == "FINISHED"]) == 3
+    assert any("test/trace_leak" in r.data.metrics for r in trials)  # the finished search's front, once
     assert before <= {r.info.run_id for r in trials}  # finished trials kept, not re-run
     assert len({r.data.tags["tune_trial_id"] for r in trials}) == len(trials)  # no duplicates
     assert sum(r.data.tags.get("role") == "sweep" for r in runs) == 1

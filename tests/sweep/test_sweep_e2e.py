@@ -198,28 +198,31 @@ def test_export_knee_and_trial_reproduce_the_metrics(sweep):
 
 def test_resume_adds_only_missing_trials(tmp_path):
     space = small_space(tmp_path, "resume", num_samples=3, concurrent=1)
-    env = clean_env()
+    env = clean_env() | {"PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "sweep.log").open("w")  # a file, not a pipe nobody reads (a full pipe blocks the sweep)
     proc = subprocess.Popen([sys.executable, "-m", "sweep.run", "--space", str(space)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
         first = None
         while time.monotonic() < deadline and first is None:  # wait for the first finished trial run
             time.sleep(2)
-            if (tmp_path / "mlflow.db").exists():
+            # only once the sweep has created its store: two processes creating MLflow's tables at once collide
+            if "mlflow: experiment" in (tmp_path / "sweep.log").read_text():
                 try:
                     _, runs = runs_of(tmp_path, "resume")
                 except Exception:  # the store is being created
                     continue
                 done = [r for r in runs if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"]
                 first = done[0].info.run_id if done else None
-        assert first, "no trial finished in time"
+        assert first, "no trial finished in time:\n" + (tmp_path / "sweep.log").read_text()[-3000:]
         proc.send_signal(signal.SIGINT)  # Tune stops gracefully and saves its state
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
     _, runs = runs_of(tmp_path, "resume")
     before = {r.info.run_id for r in runs if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"}
     assert 1 <= len(before) < 3

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TRIGGER = "\nLet's reason this step by step.\n<think>"
 
@@ -39,6 +39,13 @@ class EvalSetRef(Strict):
     limit: int | None = Field(None, ge=1, description="selection split: a fixed-seed subsample of this many items")
     test: float = Field(0.5, ge=0, description="test split: a fraction (< 1) or a count (>= 1) of the set, "
                         "held out from selection and touched only by the final evaluation; 0: no test split")
+
+    @field_validator("test")
+    @classmethod
+    def _whole_count(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError(f"{v:g}: a count of items must be a whole number (or give a fraction < 1)")
+        return v
 
 
 class GenerationConfig(Strict):

@@ -141,7 +141,7 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
         metrics.update(leak.extra)
         records += _tag(leak.records, forget.label, "trace_leak")
 
-        say(f"forget_acc ({eval_cfg.mcq_scoring}) and forget_acc_letter on {forget.label}")
+        say(f"forget_acc ({eval_cfg.mcq_scoring} scoring) on {forget.label}")
         acc = mcq_accuracy(backend, forget.items, eval_cfg.mcq_scoring)
         rate("forget_acc", [acc], by_group=True)
         records += _tag(acc.records, forget.label, "forget_acc")

@@ -201,9 +201,25 @@ def eval_questions(cfg: SweepConfig) -> list[_Question]:
         if spec is None or source is None or not Path(resolve_uri(source)).exists():
             continue
         key = "problem" if spec.kind == "reasoning" else "question"
-        for item in load_set(ref.set, resolve_uri(source), None, cfg.eval.seed):
+        items = load_set(ref.set, resolve_uri(source), None, cfg.eval.seed)
+        check_split(where, ref, items, cfg.eval.split_seed)  # loaded here anyway: the split sizes too
+        for item in items:
             out.append(_Question(where, ref.set, source, item[key], normalise(item[key])))
     return out
+
+
+def check_split(where: str, ref: Any, items: list[dict], split_seed: int) -> None:
+    """Both parts of a set's selection/test split must hold items, or the trials (or the final evaluation)
+    would be scored on nothing."""
+    from eval.stats import split_items
+
+    selection, test = split_items(items, ref.test, split_seed)
+    if not selection:
+        raise ConfigError("eval", [(f"{where}.test", f"{ref.test:g} leaves none of the {len(items)} items of "
+                                    f"{ref.set!r} for the selection split; give a smaller count or a fraction < 1")])
+    if ref.test > 0 and not test:
+        raise ConfigError("eval", [(f"{where}.test", f"{ref.test:g} puts none of the {len(items)} items of "
+                                    f"{ref.set!r} in the test split; give a larger fraction or a count >= 1")])
 
 
 def check_overlap(cfg: SweepConfig) -> str:

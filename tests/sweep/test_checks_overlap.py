@@ -88,3 +88,18 @@ def test_organism_forget_stream_is_checked_against_all_eval_items(tmp_path) -> N
     raw["eval"]["forget"]["limit"] = 1
     with pytest.raises(ConfigError, match="1 question"):
         overlap(raw)
+
+
+@pytest.mark.parametrize("test, fix", [(480, "selection split"), (0.0001, "test split")])
+def test_a_split_that_leaves_a_part_empty_is_refused(test, fix) -> None:
+    raw = organism_space()
+    raw["eval"]["forget"]["test"] = test     # organism-forget holds 480 items
+    with pytest.raises(ConfigError, match=rf"eval\.forget\.test: .*{fix}"):
+        overlap(raw)
+
+
+def test_a_fractional_count_is_refused() -> None:
+    raw = organism_space()
+    raw["eval"]["forget"]["test"] = 2.5
+    with pytest.raises(ConfigError, match=r"eval\.forget\.test.*whole number"):
+        parse_space(raw)

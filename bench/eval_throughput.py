@@ -60,8 +60,8 @@ def run(model: Path, n_prompts: int, new_tokens: int, threads: int) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompts", type=int, default=64, help="prompts per measurement (default %(default)s)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per prompt (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the transformers backend")
     parser.add_argument("--model", action="append", help="HF model dir (repeatable); default tiny + organism")
     args = parser.parse_args()

@@ -154,11 +154,12 @@ def child(model, layer: int, variant: str, args, cpu_batches) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="R²MU step: naive reference vs trainables.r2mu")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--shape", default="small", choices=list(SHAPES))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default %(default)s)")
+    ap.add_argument("--shape", default="small", choices=list(SHAPES), help="model shape (default %(default)s)")
     ap.add_argument("--layers", type=int, nargs="+", default=None, help="default: 3 5 (small), 7 15 (8b)")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lens", type=int, nargs=4, default=[512, 512, 110, 150], metavar=("F", "R", "U", "C"))
+    ap.add_argument("--batch", type=int, default=4, help="examples per stream per step (default %(default)s)")
+    ap.add_argument("--lens", type=int, nargs=4, default=[512, 512, 110, 150], metavar=("F", "R", "U", "C"),
+                    help="tokens per forget, retain, unthink and CoT example (default 512 512 110 150)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 10 on GPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: 1 CPU, 3 GPU)")
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on GPU")

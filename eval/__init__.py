@@ -1,1 +1,5 @@
 """What judges a model: generation backends, eval sets, metrics, leakage judges (`python -m eval.run`)."""
+
+from eval.telemetry import telemetry_off
+
+telemetry_off()  # before MLflow, vLLM or the HF hub is imported: they read their switches at import

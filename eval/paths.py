@@ -15,3 +15,18 @@ def resolve(path: str | Path) -> Path:
             raise FileNotFoundError(f"{text}: the organism package (organism/paths.py) is not available") from err
         return Path(organism_resolve(text))
     return Path(text).expanduser()
+
+
+# Folders a make target writes (not in the repository): a missing path under one names the command.
+GENERATED = {"assets/smollm2": "make smollm2"}
+
+
+def make_hint(path: str | Path) -> str:
+    """'; run `make smollm2` first (it writes assets/smollm2/)' for a missing path under a generated folder,
+    else ''."""
+    p = Path(path).expanduser()
+    text = "/" + p.as_posix() + "/"
+    for folder, command in GENERATED.items():
+        if f"/{folder}/" in text and not p.exists():
+            return f"; run `{command}` first (it writes {folder}/)"
+    return ""

@@ -31,6 +31,7 @@ from eval.metrics import (
     trace_coherence,
     trace_leak,
 )
+from eval.paths import make_hint, resolve
 from eval.stats import interval, interval_metrics, split_items
 
 ORGANISM_SUITE = EvalConfig(
@@ -205,14 +206,45 @@ def add_coherence(result: EvalResult, scorer: Any, eval_cfg: EvalConfig) -> None
 
 
 def load_suite(suite: str) -> EvalConfig:
-    """`organism`, or a YAML file whose `eval:` section (or whole content) is an EvalConfig."""
+    """`organism`, or a YAML file whose `eval:` section (or whole content) is an EvalConfig. A ValueError
+    names the file, the field and what is accepted, in one line."""
     if suite == "organism":
         return ORGANISM_SUITE
     import yaml
+    from pydantic import ValidationError
 
-    data = yaml.safe_load(Path(suite).read_text())
+    if not Path(suite).is_file():
+        raise ValueError(f"--suite: no such file {suite!r}{make_hint(suite)}; give a YAML file with an eval: "
+                         "section (a space file works) or 'organism'")
+    try:
+        data = yaml.safe_load(Path(suite).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"--suite {suite}: not a YAML file ({str(e).splitlines()[0]})") from None
     section = data.get("eval", data) if isinstance(data, dict) else data
-    return EvalConfig.model_validate(section)
+    where = "eval." if isinstance(data, dict) and "eval" in data else ""
+    try:
+        return EvalConfig.model_validate(section)
+    except ValidationError as e:
+        problems = [f"{where}{'.'.join(map(str, err['loc'])) or 'eval'}: "
+                    f"{err['msg'].removeprefix('Value error, ')}" + _got(err) for err in e.errors()]
+        raise ValueError(f"--suite {suite}: " + "; ".join(problems)) from None
+
+
+def _got(err: dict) -> str:
+    """' (got 'mtch')' for a wrong value; nothing for a missing field or a whole section."""
+    value = err.get("input")
+    return "" if err["type"] == "missing" or isinstance(value, dict | list) else f" (got {value!r})"
+
+
+def check_model_arg(flag: str, model: str) -> None:
+    """A model argument is a local directory, or a hub id `org/name` (tried in the local HF cache on load)."""
+    path = resolve(model)
+    hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not path.exists()
+    if path.is_dir() or hub_id:
+        return
+    what = "is a file, not a model directory" if path.exists() else "does not exist"
+    raise ValueError(f"{flag}: {model!r} {what}{make_hint(model)}; give an HF model directory (config.json, "
+                     "weights, tokenizer) or organism://base")
 
 
 def with_overrides(cfg: EvalConfig, limit: int | None = None, greedy: bool = False,
@@ -282,14 +314,31 @@ def main(argv: list[str] | None = None) -> int:
 
     from eval.generate import load_backend  # here, not at import: keeps `import eval.run` light
 
-    cfg = with_overrides(load_suite(args.suite), args.limit, args.greedy, args.backend, args.split == "all")
-    sets = load_sets(cfg, "test" if args.split == "test" else "selection")  # a bad set fails before an engine
-    backend = load_backend(args.model, cfg.backend, args.dtype, cfg.seed, cfg.engine)
+    try:  # every user mistake is one line naming the flag or field, before an engine starts
+        cfg = with_overrides(load_suite(args.suite), args.limit, args.greedy, args.backend, args.split == "all")
+        try:
+            sets = load_sets(cfg, "test" if args.split == "test" else "selection")
+        except (OSError, ValueError, KeyError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise ValueError(f"--suite {args.suite}: {msg}") from None
+        check_model_arg("--model", args.model)
+        if args.base:
+            check_model_arg("--base", args.base)
+        if cfg.judge == "llm":
+            if not cfg.judge_model:
+                raise ValueError(f"--suite {args.suite}: eval.judge_model: judge: llm needs judge_model (a local "
+                                 "model directory), or use judge: match")
+            check_model_arg(f"--suite {args.suite}: eval.judge_model", cfg.judge_model)
+        backend = load_backend(args.model, cfg.backend, args.dtype, cfg.seed, cfg.engine)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a hub id that is not in the local cache, a directory without a model
+        print(f"error: --model {args.model}: cannot load it ({str(e).splitlines()[0]})", file=sys.stderr)
+        return 2
     judge_backend = scorer = None
     try:
         if cfg.judge == "llm":
-            if not cfg.judge_model:
-                raise SystemExit("eval.judge is llm but eval.judge_model is not set")
             judge_backend = load_backend(cfg.judge_model, cfg.backend, args.dtype, cfg.seed, cfg.engine)
         if args.base:
             scorer = load_backend(args.base, "hf", args.dtype, cfg.seed, cfg.engine)

@@ -18,16 +18,44 @@
 # Token auth: Ray 2.60 turns token authentication on for a new head; a joining node or a driver that gives an
 # address must say so itself. The script makes a token in DIR/auth_token and runs every process with
 # RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=DIR/auth_token; a driver needs the same (DIR/env.sh exports them).
-# Ray binds the machine's IP, not 127.0.0.1, so the token is what keeps other hosts out.
 #
-# Programs: RAY_BIN (default: ray), MLFLOW_BIN (default: mlflow), PYTHON (default: python3, stdlib only).
+# Loopback only: every node is on this machine, so every Ray process listens on 127.0.0.1 (GCS, raylets, object
+# managers, workers, agents, the client server, the autoscaler monitor) and usage statistics are off. Ray 2.60
+# binds loopback only when the node IP is 127.0.0.1, but `ray start --node-ip-address=127.0.0.1` rewrites that
+# to the machine's routable IP (services.resolve_ip_for_localhost), and the switch that keeps it
+# (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) makes `ray start --address` refuse to join a second node. So each
+# `ray start` runs through RAY_LOOPBACK below: Ray's own CLI with that one rewrite turned off. A driver needs
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 to keep the address 127.0.0.1:PORT as given (DIR/env.sh exports it).
+# docs/security.md says what listens where.
+#
+# Programs: RAY_BIN (default: ray), RAY_PYTHON (default: the interpreter of RAY_BIN's #! line), MLFLOW_BIN
+# (default: mlflow), PYTHON (default: python3, stdlib only).
 set -Eeuo pipefail  # -E: the ERR trap of `start` also fires inside functions
 
 RAY_BIN=${RAY_BIN:-ray}
+RAY_PYTHON=${RAY_PYTHON:-}
 MLFLOW_BIN=${MLFLOW_BIN:-mlflow}
 PYTHON=${PYTHON:-python3}
 
 die() { echo "local_cluster: $*" >&2; exit 1; }
+
+# `ray start ...` as Ray's CLI runs it, except that 127.0.0.1 given as an address or node IP stays 127.0.0.1
+# (Ray 2.60 would replace it with the machine's routable IP, and then bind every interface).
+RAY_LOOPBACK='import sys
+import ray._private.services as services
+services.resolve_ip_for_localhost = lambda host: host
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())'
+
+ray_python() {  # the Python that runs RAY_BIN (a console script): RAY_PYTHON, else its #! line (may be `env python3`)
+  if [[ -n $RAY_PYTHON ]]; then echo "$RAY_PYTHON"; return; fi
+  local bin line
+  bin=$(command -v -- "$RAY_BIN") || die "$RAY_BIN not found (set RAY_BIN, or RAY_PYTHON)"
+  IFS= read -r line < "$bin" || true
+  [[ $line == '#!'*python* ]] || die "cannot tell which Python runs $bin; set RAY_PYTHON"
+  echo "${line#\#!}"
+}
 
 usage() { sed -n '8,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
@@ -187,6 +215,8 @@ limit: use a short path (e.g. mktemp -d /tmp/rc.XXXX)"
   "$PYTHON" -c 'import secrets; print(secrets.token_hex(32))' > "$DIR/auth_token"
   chmod 600 "$DIR/auth_token"
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$DIR/auth_token"
+  # usage statistics off (Ray's also by --disable-usage-stats); a user's own MLflow setting is kept
+  export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}
   : > "$DIR/state.env"
   # from here on, a failure stops whatever was started
   trap 'trap - ERR; echo "local_cluster: start failed; stopping what was started" >&2; cmd_stop >&2; exit 1' ERR
@@ -205,11 +235,15 @@ limit: use a short path (e.g. mktemp -d /tmp/rc.XXXX)"
     state_set MLFLOW_URI "http://127.0.0.1:${p[0]}"
   fi
 
-  local -a common=(--block --disable-usage-stats --include-log-monitor=true)
+  local py_line
+  py_line=$(ray_python)  # a failure stops here (set -e), not at the first launch
+  local -a ray_py
+  read -r -a ray_py <<< "$py_line"
+  local -a common=(--block --disable-usage-stats --include-log-monitor=true --node-ip-address=127.0.0.1)
   if [[ -n $store_mb ]]; then common+=(--object-store-memory=$((store_mb * 1024 * 1024))); fi
   read -r -a p <<< "$(free_ports 9)"
   local head_pid
-  head_pid=$(launch node0 "$RAY_BIN" start --head "${common[@]}" --temp-dir="$DIR/node0" \
+  head_pid=$(launch node0 "${ray_py[@]}" -c "$RAY_LOOPBACK" start --head "${common[@]}" --temp-dir="$DIR/node0" \
     --num-cpus="${cpu_list[0]}" --num-gpus="$gpus" --resources='{"node0": 1}' \
     --port="${p[0]}" --node-manager-port="${p[1]}" --object-manager-port="${p[2]}" \
     --ray-client-server-port="${p[3]}" --dashboard-port="${p[4]}" --dashboard-host=127.0.0.1 \
@@ -225,7 +259,7 @@ limit: use a short path (e.g. mktemp -d /tmp/rc.XXXX)"
   local i worker_pids=() w
   for ((i = 1; i < nodes; i++)); do
     read -r -a p <<< "$(free_ports 6)"
-    w=$(launch "node$i" "$RAY_BIN" start --address="$address" "${common[@]}" --temp-dir="$DIR/node$i" \
+    w=$(launch "node$i" "${ray_py[@]}" -c "$RAY_LOOPBACK" start --address="$address" "${common[@]}" --temp-dir="$DIR/node$i" \
       --num-cpus="${cpu_list[$((${#cpu_list[@]} == 1 ? 0 : i))]}" --num-gpus="$gpus" --resources="{\"node$i\": 1}" \
       --node-manager-port="${p[0]}" --object-manager-port="${p[1]}" --dashboard-agent-listen-port="${p[2]}" \
       --dashboard-agent-grpc-port="${p[3]}" --runtime-env-agent-port="${p[4]}" --metrics-export-port="${p[5]}")
@@ -261,6 +295,8 @@ EOF
   {
     echo "export RAY_ADDRESS=$address"
     echo "export RAY_AUTH_MODE=token"
+    echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"  # keeps 127.0.0.1 in RAY_ADDRESS as it is (see the top)
+    echo "export RAY_USAGE_STATS_ENABLED=0"
     echo "export RAY_AUTH_TOKEN_PATH=$DIR/auth_token"
     if ((mlflow)); then echo "export MLFLOW_TRACKING_URI=$(state_get MLFLOW_URI)"; fi
   } > "$DIR/env.sh"
@@ -269,7 +305,9 @@ EOF
   echo "RAY_CLIENT=$(state_get RAY_CLIENT)"
   if ((mlflow)); then echo "MLFLOW_URI=$(state_get MLFLOW_URI)"; fi
   echo "use it: source $DIR/env.sh; then in the space file ray: {address: auto, storage_path: file://$DIR/shared}"
-  if ((mlflow)); then echo "        and mlflow: {tracking_uri: $(state_get MLFLOW_URI)}"; fi
+  if ((mlflow)); then
+    echo "        and mlflow: {tracking_uri: $(state_get MLFLOW_URI)}, search.storage: sqlite:///$DIR/optuna.db"
+  fi
   echo "stop it: $0 stop $DIR"
 }
 

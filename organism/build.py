@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="world, data and initialisation seed")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 2150; --quick 30)")
     p.add_argument("--batch", type=int, default=None, help="documents per step (default 64; --quick 16)")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of the build's training (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest here)")
     p.add_argument("--eval-limit", type=int, default=None, help="measure on the first N items of each set")
     p.add_argument("--quick", action="store_true", help="reduced build for tests")

@@ -60,10 +60,12 @@ def vllm_greedy(model_dir: Path, texts: list[str], max_tokens: int) -> tuple[lis
 def main(argv: list[str] | None = None) -> int:
     from organism.paths import resolve
 
-    p = argparse.ArgumentParser(prog="python -m organism.check_vllm")
-    p.add_argument("--model", type=Path, default=resolve("organism://base"))
-    p.add_argument("--n", type=int, default=20)
-    p.add_argument("--max-tokens", type=int, default=64)
+    p = argparse.ArgumentParser(prog="python -m organism.check_vllm", description="vLLM and transformers agree on "
+                                "the organism's greedy generations; exit 1 on any disagreement")
+    p.add_argument("--model", type=Path, default=resolve("organism://base"), help="HF model directory (default: the "
+                   "organism's base model)")
+    p.add_argument("--n", type=int, default=20, help="prompts to compare (default %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=64, help="new tokens per prompt (default %(default)s)")
     a = p.parse_args(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     texts = prompts(a.model, a.n)

@@ -1,9 +1,10 @@
 """Checks a validated SweepConfig against the world before anything expensive starts.
 
-The model (config loads, layers in range, the update parameter exists), the data files (exist, non-empty,
-have the field), the eval sets, that no eval question occurs in a training stream, the MLflow URI and the Ray
-address. Each problem names the field and the fix; nothing is
-written to disk.
+The model (config loads, layers in range, the update parameter exists; then `sweep.file_checks`: the
+trainer's and the eval backend's architectures, the weights files' headers, the tokenizer), the data files
+(exist, decode, non-empty, have the field), the eval sets (decode, split), that no eval question occurs in a
+training stream, the storage (`sweep.file_checks`), the MLflow URI and the Ray address. Each problem names
+the field and the fix; nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.paths import make_hint
 from sweep.config import ConfigError, SweepConfig
 
 
@@ -61,6 +63,8 @@ def check_model(cfg: SweepConfig) -> ModelInfo:
     try:
         mcfg = load_model_config(cfg)
     except Exception as e:  # noqa: BLE001 - any load failure becomes a field error
+        if not local and make_hint(path):  # a generated folder (assets/smollm2) not made yet
+            raise ConfigError("model", [("model.path", f"{path!r} does not exist{make_hint(path)}")]) from None
         if not local and cfg.ray.address not in (None, "local"):
             return ModelInfo(path, "?", -1, -1, None, checked=False)  # resolved on the cluster
         hint = ("it is not a local directory and not in the local HF cache; download it first or give a "
@@ -85,6 +89,9 @@ def check_model(cfg: SweepConfig) -> ModelInfo:
                 raise ConfigError("model", [("model.update.param", f"{name!r} is not a parameter of {path} "
                                              f"({type(model).__name__}); parameters of {prefix}: "
                                              f"{', '.join(here) or 'none'}")])
+    from sweep.file_checks import check_model_files
+
+    check_model_files(cfg, path, model, local)  # architecture, weights headers, tokenizer
     n_params = sum(p.numel() for p in names.values())
     return ModelInfo(path, type(model).__name__, n_layers, mcfg.hidden_size, n_params, checked=True)
 
@@ -94,18 +101,20 @@ def check_data(cfg: SweepConfig) -> dict[str, int]:
     from trainables.data import read_records
 
     streams = {"data.forget": cfg.data.forget, "data.retain": cfg.data.retain, "data.cot": cfg.data.cot}
-    counts = {}
+    counts, problems = {}, []
     for where, c in streams.items():
         try:
             counts[where] = len(read_records(resolve_uri(c.path), c.field, c.limit, what=where))
         except (OSError, ValueError) as e:  # the message names the field (data.forget.path: ...)
-            raise ConfigError("data", [("", str(e))]) from None
+            problems.append(("", str(e)))  # every stream checked: all bad paths in one report
     t = cfg.data.traces
     if t.source:
         try:
             counts["data.traces"] = len(read_records(resolve_uri(t.source), t.field, t.limit, what="data.traces"))
         except (OSError, ValueError) as e:
-            raise ConfigError("data", [("", str(e).replace("data.traces.path", "data.traces.source"))]) from None
+            problems.append(("", str(e).replace("data.traces.path", "data.traces.source")))
+    if problems:
+        raise ConfigError("data", problems)
     return counts
 
 
@@ -117,23 +126,25 @@ def check_eval(cfg: SweepConfig) -> list[str]:
     slots = [("eval.forget", [cfg.eval.forget], "mcq")] + [
         (f"eval.{name}", refs, kind) for name, refs, kind in
         (("reasoning", cfg.eval.reasoning, "reasoning"), ("retain", cfg.eval.retain, "mcq"))]
-    names = []
+    names, problems = [], []
     for where, refs, kind in slots:
-        for i, ref in enumerate(refs):
+        for i, ref in enumerate(refs):  # every set checked: all bad paths in one report
             at = where if where == "eval.forget" else f"{where}.{i}"
             spec = REGISTRY.get(ref.set)
             if spec is None:
-                raise ConfigError("eval", [(f"{at}.set", f"unknown set {ref.set!r}; accepted: {', '.join(REGISTRY)}")])
-            if spec.kind != kind:
-                raise ConfigError("eval", [(f"{at}.set", f"{ref.set!r} is a {spec.kind} set; this slot takes {kind} "
-                                            "sets")])
-            if ref.path and not Path(resolve_uri(ref.path)).exists():
-                raise ConfigError("eval", [(f"{at}.path", f"no such file or directory {ref.path!r}")])
-            if not ref.path and spec.default_path is None and spec.hub is None:
-                raise ConfigError("eval", [(f"{at}.path", f"set {ref.set!r} needs a path to a local file")])
-            names.append(ref.set + ("" if ref.path or spec.default_path else " (hub)"))
+                problems.append((f"{at}.set", f"unknown set {ref.set!r}; accepted: {', '.join(REGISTRY)}"))
+            elif spec.kind != kind:
+                problems.append((f"{at}.set", f"{ref.set!r} is a {spec.kind} set; this slot takes {kind} sets"))
+            elif ref.path and not Path(resolve_uri(ref.path)).exists():
+                problems.append((f"{at}.path", f"no such file or directory {ref.path!r}"))
+            elif not ref.path and spec.default_path is None and spec.hub is None:
+                problems.append((f"{at}.path", f"set {ref.set!r} needs a path to a local file"))
+            else:
+                names.append(ref.set + ("" if ref.path or spec.default_path else " (hub)"))
     if cfg.eval.judge == "llm" and not cfg.eval.judge_model:
-        raise ConfigError("eval", [("eval.judge_model", "judge: llm needs judge_model (a local model directory)")])
+        problems.append(("eval.judge_model", "judge: llm needs judge_model (a local model directory)"))
+    if problems:
+        raise ConfigError("eval", problems)
     return names
 
 
@@ -201,7 +212,11 @@ def eval_questions(cfg: SweepConfig) -> list[_Question]:
         if spec is None or source is None or not Path(resolve_uri(source)).exists():
             continue
         key = "problem" if spec.kind == "reasoning" else "question"
-        items = load_set(ref.set, resolve_uri(source), None, cfg.eval.seed)
+        try:  # every item, decoded: a bad byte or record is refused here, not in the first evaluation
+            items = load_set(ref.set, resolve_uri(source), None, cfg.eval.seed)
+        except Exception as e:  # noqa: BLE001 - any failure to load the set is the refusal
+            msg = str(e) if type(e) in (OSError, ValueError, FileNotFoundError) else f"{type(e).__name__}: {e}"
+            raise ConfigError("eval", [(f"{where}.path", f"eval set {ref.set!r} ({source}): {msg}")]) from None
         check_split(where, ref, items, cfg.eval.split_seed)  # loaded here anyway: the split sizes too
         for item in items:
             out.append(_Question(where, ref.set, source, item[key], normalise(item[key])))
@@ -306,9 +321,46 @@ def check_ray(cfg: SweepConfig) -> str:
 
 
 def check_all(cfg: SweepConfig, source: str = "space file") -> dict[str, Any]:
-    """Run every check; the first failure raises ConfigError naming `source`. Returns what the plan prints."""
-    try:
-        return {"model": check_model(cfg), "data": check_data(cfg), "eval": check_eval(cfg),
-                "overlap": check_overlap(cfg), "mlflow": check_mlflow(cfg), "ray": check_ray(cfg)}
-    except ConfigError as e:
-        raise ConfigError(source, e.problems) from None
+    """Run every check and raise one ConfigError naming `source` with every problem found, so a user fixes
+    them in one go. A check that needs another's result is skipped when that one failed (the overlap needs
+    the data and eval files; the storage check runs without the model's hidden size). Returns what the plan
+    prints."""
+    from sweep.file_checks import check_storage
+    from sweep.study_store import check_optuna_storage
+
+    found: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+
+    def run(name: str, check: Any, *args: Any) -> bool:
+        try:
+            found[name] = check(*args)
+            return True
+        except ConfigError as e:
+            problems.extend(e.problems)
+            return False
+
+    model_ok = run("model", check_model, cfg)
+    data_ok, eval_ok = run("data", check_data, cfg), run("eval", check_eval, cfg)
+    if data_ok and eval_ok:
+        run("overlap", check_overlap, cfg)
+    m = found.get("model")
+    run("storage", check_storage, cfg, m.hidden_size if model_ok and m.checked else None)
+    run("mlflow", check_mlflow, cfg)
+    run("optuna", check_optuna_storage, cfg)
+    run("ray", check_ray, cfg)
+    if problems:
+        raise ConfigError(source, with_make_hints(cfg, problems))
+    return found
+
+
+def with_make_hints(cfg: SweepConfig, problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each problem that names a missing file of a generated folder gets the command that writes it."""
+    refs = [cfg.eval.forget, *cfg.eval.reasoning, *cfg.eval.retain]
+    paths = [cfg.model.path, cfg.data.forget.path, cfg.data.retain.path, cfg.data.cot.path, cfg.data.traces.source,
+             cfg.eval.judge_model, *(r.path for r in refs)]
+    hints = {p: h for p in paths if p and (h := make_hint(p))}
+    out = []
+    for field, msg in problems:
+        hint = next((h for p, h in hints.items() if p in msg or Path(p).as_posix() in msg), "")
+        out.append((field, msg + hint if hint and hint not in msg else msg))
+    return out

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sweep import mlflow_store
 from sweep.pareto import Point, _value, dominates, knee, pareto_front, read_sweep
 
 
@@ -121,7 +122,7 @@ def plot_fronts(result: dict, objectives: Mapping[str, str], out: str | Path) ->
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweep.compare", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiments", nargs="+", required=True, help="MLflow experiments (space file names)")
-    ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    mlflow_store.add_flag(ap)
     ap.add_argument("--space", help="objectives and constraints from this space file (default: the first "
                                     "experiment's latest sweep)")
     ap.add_argument("--plot", help="write the overlay plot here (PNG)")
@@ -129,13 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.experiments) < 2:
         print("error: --experiments: give two or more experiments to compare", file=sys.stderr)
         return 2
+    from sweep.config import ConfigError
     from sweep.pareto import _sweep_config
 
     try:
-        cfg = _sweep_config(argparse.Namespace(space=args.space, tracking_uri=args.tracking_uri,
+        uri = mlflow_store.existing_store(args.tracking_uri)
+        cfg = _sweep_config(argparse.Namespace(space=args.space, tracking_uri=uri,
                                                experiment=args.experiments[0], parent=None))
-        result = compare(args.tracking_uri, args.experiments, cfg.search.objectives, cfg.search.constraints)
-    except ValueError as e:
+        result = compare(uri, args.experiments, cfg.search.objectives, cfg.search.constraints)
+    except (ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_comparison(result, cfg.search.objectives))

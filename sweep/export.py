@@ -2,32 +2,29 @@
 
 Merges the trial's delta into the base weights and writes a standard Hugging Face directory (safetensors in
 the base dtype, config, tokenizer, generation config) with a README model card (hyperparameters, metrics,
-the baseline), and optionally registers it in the MLflow model registry with an alias.
+the baseline). `--register NAME` also logs that directory as an MLflow `transformers` model on the trial's
+run, registers it and sets the alias `champion` (`mlflow.transformers.load_model("models:/NAME@champion")`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from sweep import mlflow_store
 from sweep.pareto import Point, knee, pareto_front, read_sweep
 
 
 def pick_run(tracking_uri: str, experiment: str, pick: str, parent: str | None = None) -> tuple[Point, Any, dict]:
     """(the chosen trial, the sweep config, baseline metrics); pick = 'knee' or 'run:<id>'."""
-    import mlflow
-
-    from sweep.config import parse_space
+    from sweep.tracking import logged_config
 
     parent_run, points, baseline = read_sweep(tracking_uri, experiment, parent)
-    mlflow.set_tracking_uri(tracking_uri)
-    raw = json.loads(mlflow.artifacts.load_text(f"runs:/{parent_run.info.run_id}/config.json"))
-    cfg = parse_space(raw, f"run {parent_run.info.run_id} config.json")
+    cfg = logged_config(tracking_uri, parent_run.info.run_id)
     if pick == "knee":
         front = pareto_front(points, cfg.search.objectives, cfg.search.constraints, baseline)
         return knee(front, cfg.search.objectives), cfg, baseline or {}
@@ -116,25 +113,65 @@ def export(tracking_uri: str, experiment: str, pick: str, out: str | Path, force
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), str(out))
     if register:
-        version = register_model(tracking_uri, point.run_id, out, register)
+        version = register_model(tracking_uri, point.run_id, out, register, dtype=cfg.model.dtype)
         print(f"registered as models:/{register}@champion (version {version})")
     print(f"wrote {out}")
     return out
 
 
-def register_model(tracking_uri: str, run_id: str, model_dir: Path, name: str, alias: str = "champion") -> str:
-    """Log the HF directory to the trial's run and register it with an alias (stages are deprecated)."""
+MLFLOW_CARD_HEADER = "---\nlibrary_name: transformers\npipeline_tag: text-generation\nlicense: other\n---\n"
+
+
+def log_mlflow_model(tracking_uri: str, run_id: str, model_dir: Path, dtype: str) -> Any:
+    """Log the exported directory to the trial's run as an MLflow `transformers` model (text-generation):
+    MLmodel, model/ (the directory's files, copied), components/tokenizer, requirements. Returns its ModelInfo.
+
+    Nothing is fetched from the hub: MLflow looks up a model card only when none is given (we give ours), and
+    its licence lookup uses the checkpoint path as a repo id, which an absolute path never is (refused locally
+    before any request)."""
+    import mlflow
+    import torch
+    from huggingface_hub import ModelCard
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)  # log_model resolves the store from the fluent URI
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    # Created here so the model lands in the trial's experiment: log_model alone would put it in the default
+    # experiment, unless the (finished) run were resumed, which would rewrite its end time.
+    logged = mlflow.initialize_logged_model(name=run.info.run_name, source_run_id=run_id,
+                                            experiment_id=run.info.experiment_id, params=run.data.params)
+    card = ModelCard(MLFLOW_CARD_HEADER + (model_dir / "README.md").read_text())
+    # A local path, not loaded objects: MLflow copies the files (no re-serialisation) and skips its
+    # requirements inference, which would load the model in a subprocess.
+    return mlflow.transformers.log_model(
+        str(model_dir.resolve()), task="text-generation", torch_dtype=getattr(torch, dtype), model_card=card,
+        run_id=run_id, model_id=logged.model_id, pip_requirements=serving_requirements())
+
+
+def serving_requirements() -> list[str]:
+    """What loading the model needs, pinned to this environment. Given explicitly because MLflow's default
+    list for a local checkpoint pins torchvision, which this project does not install (it would fail)."""
+    from importlib.metadata import version
+
+    # a local label (2.13.0+cpu) is not installable from PyPI: pin the release
+    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("transformers", "torch", "safetensors")]
+
+
+def register_model(tracking_uri: str, run_id: str, model_dir: Path, name: str, alias: str = "champion",
+                   dtype: str = "float32") -> str:
+    """Log the exported directory as an MLflow model, register that logged model (so the version's source
+    has an MLmodel: `mlflow.transformers.load_model`, `mlflow models serve`) and point the alias at it
+    (stages are deprecated)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    info = log_mlflow_model(tracking_uri, run_id, model_dir, dtype)
     client = MlflowClient(tracking_uri)
-    client.log_artifacts(run_id, str(model_dir), "hf_model")
     try:
         client.create_registered_model(name)
     except MlflowException:
         pass  # already registered: add a version
-    source = f"{client.get_run(run_id).info.artifact_uri}/hf_model"
-    mv = client.create_model_version(name, source, run_id=run_id)
+    mv = client.create_model_version(name, f"models:/{info.model_id}", run_id=run_id, model_id=info.model_id)
     client.set_registered_model_alias(name, alias, mv.version)
     return mv.version
 
@@ -147,12 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output directory (must be empty or new)")
     ap.add_argument("--force", action="store_true", help="replace a non-empty --out")
     ap.add_argument("--register", metavar="NAME", help="register in the MLflow model registry, alias champion")
-    ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    mlflow_store.add_flag(ap)
     ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     args = ap.parse_args(argv)
     try:
-        export(args.tracking_uri, args.experiment, f"run:{args.run}" if args.run else args.pick, args.out,
-               args.force, args.register, args.parent)
+        uri = mlflow_store.existing_store(args.tracking_uri)  # reading a sweep never creates a store
+        export(uri, args.experiment, f"run:{args.run}" if args.run else args.pick, args.out, args.force,
+               args.register, args.parent)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

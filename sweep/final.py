@@ -12,11 +12,11 @@ export's model card read them.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from typing import Any
 
+from sweep import mlflow_store
 from sweep.config import SweepConfig
 
 
@@ -58,21 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its space file name)")
     ap.add_argument("--runs", nargs="+", required=True, metavar="RUN_ID", help="trial run ids (sweep.pareto "
                     "prints them); the baseline is evaluated too when it has no test numbers yet")
-    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
-                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    mlflow_store.add_flag(ap)
     ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     ap.add_argument("--force", action="store_true", help="evaluate again runs that have test numbers")
     args = ap.parse_args(argv)
-    import json
-
-    import mlflow
 
     from sweep.checks import resolve_uri
-    from sweep.config import parse_space
     from sweep.evaluator import Evaluator
     from sweep.pareto import read_sweep
+    from sweep.tracking import logged_config
 
     try:
+        args.tracking_uri = mlflow_store.existing_store(args.tracking_uri)
         parent, points, _ = read_sweep(args.tracking_uri, args.experiment, args.parent)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -84,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.experiment!r} (python -m sweep.pareto --experiment {args.experiment} lists the run ids)",
               file=sys.stderr)
         return 2
-    mlflow.set_tracking_uri(args.tracking_uri)
-    raw = json.loads(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/config.json"))
-    cfg = parse_space(raw, f"run {parent.info.run_id} config.json")
+    cfg = logged_config(args.tracking_uri, parent.info.run_id)
     cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": args.tracking_uri})})
     evaluator = Evaluator(resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype)
     try:

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweep.config import Constraint
+from sweep import mlflow_store
+from sweep.config import ConfigError, Constraint
 
 
 @dataclass
@@ -118,19 +119,19 @@ def format_table(points: Sequence[Point], front: Sequence[Point], objectives: Ma
     interval; `!` marks a trial whose forget or unthink loss term did not fall."""
     on_front = {p.run_id for p in front}
     metrics = list(objectives) + [m for m in extra if m not in objectives]
-    head = (f"{'':2}{'trial':<20}" + "".join(f"{m:>{_w(m, objectives)}}" for m in metrics)
+    names = {p.run_id: (p.name or p.run_id) + ("" if p.status == "ok" else f" ({p.status})") for p in points}
+    width = max([20, *(len(n) + 2 for n in names.values())])  # full names: `sweep.export --run` takes the id
+    head = (f"{'':2}{'trial':<{width}}" + "".join(f"{m:>{_w(m, objectives)}}" for m in metrics)
             + "".join(f"{k:>13}" for k in params) + "  run")
     rows = [head]
     if baseline:
-        rows.append(f"{'':2}{'baseline':<20}" + "".join(_cell(baseline, m, objectives) for m in metrics))
+        rows.append(f"{'':2}{'baseline':<{width}}" + "".join(_cell(baseline, m, objectives) for m in metrics))
     order = sorted(points, key=lambda p: (p.run_id not in on_front, p.name))
     flagged = 0
     for p in order:
         mark = ("*" if p.run_id in on_front else " ") + ("!" if p.tags.get(FLAG_TAG) else " ")
         flagged += bool(p.tags.get(FLAG_TAG))
-        name = p.name or p.run_id[:12]
-        name = name + ("" if p.status == "ok" else f" ({p.status})")
-        rows.append(mark + f"{name:<20}" + "".join(_cell(p.metrics, m, objectives) for m in metrics)
+        rows.append(mark + f"{names[p.run_id]:<{width}}" + "".join(_cell(p.metrics, m, objectives) for m in metrics)
                     + "".join(f"{_short(p.params.get(k)):>13}" for k in params) + f"  {p.run_id}")
     rows.append(f"* = Pareto front ({len(front)} of {len(points)} trials); objectives with their 95% interval "
                 "on the selection split")
@@ -180,7 +181,8 @@ def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     objectives = objectives or {}
     names = list(dict.fromkeys([*objectives, *extra, *TEST_COLUMNS]))
     names = [m for m in names if any(f"test/{m}" in r for _, r in runs)]
-    rows = [f"{'test split':<20}{'items':>6}" + "".join(f"{name[:22]:>24}" for name, _ in runs)]
+    width = max([24, *(len(name) + 2 for name, _ in runs)])  # full trial names
+    rows = [f"{'test split':<20}{'items':>6}" + "".join(f"{name:>{width}}" for name, _ in runs)]
     for m in names:
         label = f"{m} ({objectives[m]})" if m in objectives else m
         n = max(int(r.get(f"test/{m}_n", 0)) for _, r in runs)
@@ -188,7 +190,7 @@ def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = N
         for _, r in runs:
             v, iv = r.get(f"test/{m}"), _iv(r, f"test/{m}")
             text = "-" if v is None else f"{v:.3f} [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else f"{v:.4g}"
-            cells.append(f"{text:>24}")
+            cells.append(f"{text:>{width}}")
         rows.append(f"{label:<20}{n or '-':>6}" + "".join(cells))
     rows.append("95% intervals; * = on the Pareto front (chosen on the selection split)")
     return "\n".join(rows)
@@ -244,7 +246,8 @@ def read_sweep(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; "
+                         f"{mlflow_store.known_experiments(client)}")
     if parent_run_id is None:
         parents = client.search_runs([exp.experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"],
                                      max_results=1)
@@ -314,16 +317,17 @@ def update_front(tracking_uri: str, experiment: str, objectives: Mapping[str, st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweep.pareto", description="Print a sweep's Pareto front.")
     ap.add_argument("--experiment", required=True, help="MLflow experiment (the space file's name)")
-    ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    mlflow_store.add_flag(ap)
     ap.add_argument("--space", help="the space file (objectives and constraints); default: the sweep's own copy")
     ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     args = ap.parse_args(argv)
     try:
+        args.tracking_uri = mlflow_store.existing_store(args.tracking_uri)
         cfg = _sweep_config(args)
         params = list(cfg.search.searched())
         table, front, best = update_front(args.tracking_uri, args.experiment, cfg.search.objectives,
                                           cfg.search.constraints, params, args.parent)
-    except ValueError as e:
+    except (ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table)
@@ -336,18 +340,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep_config(args: argparse.Namespace):
     """The space file given, or the copy the sweep logged to its parent run."""
-    from sweep.config import load_space, parse_space
+    from sweep.config import load_space
+    from sweep.tracking import logged_config
 
     if args.space:
         return load_space(args.space)
-    import json
-
-    import mlflow
-
     parent, _, _ = read_sweep(args.tracking_uri, args.experiment, args.parent)
-    mlflow.set_tracking_uri(args.tracking_uri)
-    raw = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/config.json")
-    return parse_space(json.loads(raw), f"run {parent.info.run_id} config.json")
+    return logged_config(args.tracking_uri, parent.info.run_id)
 
 
 if __name__ == "__main__":

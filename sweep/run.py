@@ -1,22 +1,28 @@
 """`python -m sweep.run --space FILE`: the multi-objective R²MU hyperparameter search.
 
-`--dry-run` validates the space file, the model, the data, the MLflow store and the Ray address, prints
-the plan and exits without training.
+`--dry-run` validates the space file, opens the model (config, weights headers, tokenizer), every data and
+eval file, checks the storage, the MLflow store and the Ray address, prints the plan and exits without
+training or writing anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 from sweep.checks import resolve_uri
-from sweep.config import ConfigError, SweepConfig, absolute_paths, load_space, local_storage, storage_uri
+from sweep.config import ConfigError, SweepConfig, absolute_paths, local_storage, storage_uri
+from sweep.file_checks import estimate_tokens, prefix_cache_bytes
+from sweep.overrides import FlagError, load_with_overrides, with_overrides
+from sweep.study_store import describe_study_store
 from sweep.traces import prefix_cache_dir
 
 EPILOG = """examples:
@@ -39,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "ray://HOST:10001 (default: a local Ray)")
     p.add_argument("--num-samples", type=int, metavar="N", help="number of trials, overrides "
                    "search.num_samples")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override one field of the "
+                   "space file by its dotted path, the value in YAML, validated like the file (repeatable): "
+                   "--set train.steps=10 --set search.space.layer=3 --set eval.retain.0.limit=32")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name: "
                    "finished trials are kept, only the missing ones run")
     p.add_argument("--verbose", action="store_true", help="stream the Ray workers' logs (training steps, "
@@ -50,39 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_overrides(cfg: SweepConfig, args: argparse.Namespace) -> SweepConfig:
-    """Command-line overrides go through the same validation as the file."""
-    from sweep.config import parse_space
-
-    raw = cfg.model_dump(mode="python")
-    if args.address:
-        raw["ray"]["address"] = args.address
-    if args.num_samples is not None:
-        raw["search"]["num_samples"] = args.num_samples
-    return parse_space(raw, f"{args.space} (with command-line overrides)")
-
-
-def max_steps(cfg: SweepConfig) -> int:
-    if "steps" in cfg.search.space:
-        return max(int(v) for v in cfg.search.space["steps"].candidates())
-    return cfg.train.steps
-
-
-def estimate_tokens(cfg: SweepConfig) -> int:
-    """Upper bound of tokens one trial's training reads (padding included), for the plan."""
-    d = cfg.data
-    unthink = d.max_len + d.traces.max_new_tokens
-    return max_steps(cfg) * cfg.train.batch_size * (2 * d.max_len + unthink + d.cot.max_tokens)
+    """The command line's overrides on a loaded config (`sweep.overrides.with_overrides`)."""
+    return with_overrides(cfg.model_dump(mode="python"), args.space, args.address, args.num_samples,
+                          getattr(args, "set", None) or [])
 
 
 def prefix_cache_size(cfg: SweepConfig, m: Any) -> str:
-    """Upper bound of the prefix cache per layer (padding included): the prefix of every row plus the frozen
-    targets of the retain and CoT rows, in the model's dtype."""
+    """The plan's bound of the prefix cache per layer (`sweep.file_checks.prefix_cache_bytes`)."""
     if not m.checked:
         return ""
-    d = cfg.data
-    frozen_tokens = max_steps(cfg) * cfg.train.batch_size * (d.max_len + d.cot.max_tokens)
-    total = (estimate_tokens(cfg) + frozen_tokens) * m.hidden_size * (4 if cfg.model.dtype == "float32" else 2)
-    return f"; up to {total / 2**30:.2f} GiB per layer"
+    return f"; up to {prefix_cache_bytes(cfg, m.hidden_size) / 2**30:.2f} GiB per layer"
 
 
 def format_plan(cfg: SweepConfig, found: dict[str, Any]) -> str:
@@ -111,7 +97,9 @@ def format_plan(cfg: SweepConfig, found: dict[str, Any]) -> str:
                                   for r in [cfg.eval.forget, *cfg.eval.reasoning, *cfg.eval.retain]),
         f"  overlap    {found['overlap']}",
         f"  mlflow     {found['mlflow']}",
-        f"  ray        {found['ray']}, storage {cfg.ray.storage_path}",
+        f"  ray        {found['ray']}",
+        f"  storage    {found['storage']}",
+        f"  optuna     {found.get('optuna') or describe_study_store(cfg)}",  # where the study is (search.storage)
         "  search space:",
         f"    {'name':<16}{'kind':<12}range / value",
     ]
@@ -131,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
-        cfg = absolute_paths(apply_overrides(load_space(args.space), args))
+        cfg = absolute_paths(load_with_overrides(args.space, args.address, args.num_samples, args.set))
         from sweep.checks import check_all
 
         found = check_all(cfg, args.space)
-    except ConfigError as e:
+    except (ConfigError, FlagError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_plan(cfg, found))
@@ -153,15 +141,19 @@ def main(argv: list[str] | None = None) -> int:
 def init_ray(cfg: SweepConfig, verbose: bool = False) -> None:
     import ray
 
+    from sweep.local_only import loopback_ray, ray_env
     from sweep.tuner import WORKER_ENV
 
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
-    if cfg.ray.address in (None, "local"):
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
-                 log_to_driver=verbose)
+    local = cfg.ray.address in (None, "local")
+    env = ray_env(WORKER_ENV, local)  # + telemetry off (the user's own values win), loopback-only gloo if local
+    if local:
+        with loopback_ray():  # every Ray process listens on 127.0.0.1 only (sweep/local_only.py)
+            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+                     log_to_driver=verbose)
     else:
-        ray.init(address=cfg.ray.address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=verbose)
+        ray.init(address=cfg.ray.address, runtime_env={"env_vars": env}, log_to_driver=verbose)
 
 
 def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eval: str = "test",
@@ -171,7 +163,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
     from ray import tune
 
     from sweep import traces, tracking, tuner
-    from sweep.evaluator import evaluator_actor
+    from sweep.evaluator import RestartWatch, call, evaluator_actor
     from sweep.pareto import knee_line, test_table, update_front
 
     uri = cfg.mlflow.tracking_uri
@@ -183,8 +175,10 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
     tune_name, study_name = f"tune-{parent[:8]}", f"{cfg.name}-{parent[:8]}"
     evaluator_name = f"evaluator-{cfg.name}-{parent[:8]}"
     print(f"mlflow: experiment {cfg.experiment!r}, sweep run {parent} ({uri})")
-    ok = False
+    ok, watch = False, None
     t0 = time.monotonic()
+    tune_log = tune_log_to_file((plots.parent if local else plots) / f"{tune_name}.log")
+    print(f"tune log: {tune_log.baseFilename} (tracebacks of failed and retried trials)")
     try:
         init_ray(cfg, verbose)
         evaluator = evaluator_actor(evaluator_name, resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype,
@@ -192,12 +186,12 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         try:
             info = ray.get(evaluator.info.remote())
         except ray.exceptions.RayActorError as err:  # nothing trained yet: say why, and which fields fix it
-            raise ConfigError(f"{cfg.name} (the evaluation engine)", [("eval.engine", (
-                f"the {cfg.eval.backend} backend could not start on {cfg.model.path}: {root_cause(err)}. Fix: "
-                "eval.engine.max_model_len (longest prompt + max_new_tokens) or kv_cache_memory_bytes, "
-                "or eval.backend: hf"))]) from None
+            raise engine_start_error(cfg, err) from None
         print(f"evaluator: {info['backend']} backend up in {info['start_s']:.1f} s")
-        trace_file = traces.ensure_traces(cfg, evaluator, call=lambda f, *a: ray.get(f.remote(*a)))
+        restarts = cfg.eval.engine.max_restarts
+        watch = RestartWatch(evaluator, restarts).__enter__()  # a line for each restart, until the sweep ends
+        trace_file = traces.ensure_traces(
+            cfg, evaluator, call=lambda _method, *a: call(evaluator, "traces", *a, max_restarts=restarts)[0])
         layers = sorted({int(v) for v in cfg.search.space["layer"].candidates()})
         scales = traces.activation_scales(cfg, layers) if "steering_rel" in cfg.search.space else {}
         baseline = ensure_baseline(cfg, experiment_id, parent, evaluator)
@@ -219,52 +213,123 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
                                           failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)),
             )
         results = t.fit()
+        errors = sum(1 for r in results if r.error is not None)
+        finished = sum(1 for r in results if r.error is None and "status" in (r.metrics or {}))
+        searched = finished + errors >= cfg.search.num_samples  # False: stopped early (Ctrl-C)
+        if searched and (lost := tuner.fail_orphans(tuner.optuna_storage(cfg), study_name)):
+            print(f"optuna: {lost} trial(s) proposed before the driver died were never run: marked FAIL")
         summary = tuner.study_summary(tuner.optuna_storage(cfg), study_name)
         if summary:
             from mlflow.tracking import MlflowClient
 
             MlflowClient(uri).log_dict(parent, summary, "optuna_study.json")
-        errors = sum(1 for r in results if r.error is not None)
         table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                           list(cfg.search.searched()), parent, plots)
         print("\n" + table)
-        finished = sum(1 for r in results if r.error is None and "status" in (r.metrics or {}))
-        if finished + errors < cfg.search.num_samples:  # stopped early (Ctrl-C): the front is not final yet
+        if not searched:  # stopped early (Ctrl-C): the front is not final yet
             print(f"\nthe search stopped after {finished + errors} of {cfg.search.num_samples} trials: the "
                   "test-split evaluation of the front runs when it finishes (--resume)")
         elif final_eval == "test" and front:
             from sweep.final import test_evaluation
 
-            test_evaluation(cfg, front, parent, lambda delta: ray.get(evaluator.evaluate.remote(delta, "test")))
+            test_evaluation(cfg, front, parent,
+                            lambda delta: call(evaluator, "evaluate", delta, "test", max_restarts=restarts)[0])
             table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                               list(cfg.search.searched()), parent, plots)
             print("\n" + test_table(uri, cfg.experiment, parent, cfg.search.objectives, list(cfg.search.constraints)))
         if best is not None:
             print(knee_line(front, best, cfg.search.objectives))
             print(f"export it with\n  python -m sweep.export --experiment {cfg.experiment} --pick knee "
-                  f"--out exported/{cfg.name}")
+                  f"--out exported/{cfg.name}{uri_flag(uri)}")
+        from sweep.mlflow_ui import view_url
+
+        print(f"look at it: python -m sweep.report --experiment {cfg.experiment}{uri_flag(uri)} (one HTML page), "
+              f"or `mlflow ui --backend-store-uri {uri} --host 127.0.0.1` at {view_url(experiment_id)}")
         print(f"sweep done in {time.monotonic() - t0:.0f} s: {len(results)} trials, {errors} failed, "
               f"front {len(front)}; pareto plot: {plots / 'pareto.png'}")
         ok = errors < len(results)
         return 0 if ok else 1
     finally:
+        if watch is not None:
+            watch.__exit__()
+        logging.getLogger("ray.tune").removeHandler(tune_log)
+        tune_log.close()
         tracking.end_stale_children(uri, experiment_id, parent)
         tracking.end_run(uri, parent, ok)
         if ray.is_initialized():
             ray.shutdown()
 
 
-def root_cause(err: Exception) -> str:
-    """The innermost `SomeError: message` line of a Ray error's remote traceback."""
-    lines = [ln.strip() for ln in str(err).splitlines() if re.match(r"\s*\w+(Error|Exception): ", ln)]
-    return lines[-1] if lines else str(err).splitlines()[0]
+def uri_flag(uri: str) -> str:
+    """` --tracking-uri URI` for a printed command, unless the command would find this store on its own."""
+    from sweep.mlflow_store import resolve, same_store
+
+    return "" if same_store(uri, resolve()[0]) else f" --tracking-uri {uri}"
+
+
+def tune_log_to_file(path: Path) -> logging.FileHandler:
+    """Tune's own log goes to `path`: a retried trial's ~40-line traceback is there, and the console keeps the
+    sweep's one line per failure, which names the trial's error file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("ray.tune")
+    log.addHandler(handler)
+    log.propagate = False  # not to Ray's console handler on the "ray" logger
+    return handler
+
+
+# Root causes that mean a file the engine read is broken or missing, not that the engine is sized wrong.
+FILE_ERRORS = {"SafetensorError", "HeaderTooLarge", "OSError", "FileNotFoundError", "IsADirectoryError",
+               "NotADirectoryError", "PermissionError", "UnicodeDecodeError", "JSONDecodeError", "EOFError",
+               "UnpicklingError"}
+_EXC_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)): (.*)$")
+
+
+def root_cause(err: BaseException) -> tuple[str, str]:
+    """(dotted type name, message) of the root of a Ray error's exception chain.
+
+    Where Ray kept the exception objects (`RayTaskError.cause`, `__cause__`, `__context__`) the chain is walked
+    to its first exception. An actor whose constructor failed keeps only the remote traceback's text; Python
+    prints a chain root first, so the first `pkg.module.SomeError: message` line is the root."""
+    e, seen = err, set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = getattr(e, "cause", None) if isinstance(getattr(e, "cause", None), BaseException) else None
+        nxt = nxt or e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    text = str(err) if e is err else "".join(traceback.format_exception(e))
+    for line in text.splitlines():
+        m = _EXC_LINE.match(line)
+        if m:
+            return m.group(1), m.group(2).strip()
+    if e is not err:
+        return f"{type(e).__module__}.{type(e).__qualname__}".removeprefix("builtins."), str(e)
+    return type(err).__name__, (str(err).splitlines() or [""])[0]
+
+
+def engine_start_error(cfg: SweepConfig, err: BaseException) -> ConfigError:
+    """Why the evaluator could not start, and which fields or files fix it."""
+    kind, message = root_cause(err)
+    path = resolve_uri(cfg.model.path)
+    if kind.rsplit(".", 1)[-1] in FILE_ERRORS:
+        files = sorted(p.name for p in Path(path).glob("*") if p.is_file()) if Path(path).is_dir() else []
+        weights = [f for f in files if f.endswith((".safetensors", ".bin", ".pt"))]
+        files = weights if "Safetensor" in kind or "Unpickl" in kind else files
+        return ConfigError(f"{cfg.name} (the evaluation engine)", [("model.path", (
+            f"the {cfg.eval.backend} backend could not read the model files in {path} ({', '.join(files[:8])}): "
+            f"{kind}: {message}. Fix: restore or re-export the model files (the dry run checks their headers)"))])
+    return ConfigError(f"{cfg.name} (the evaluation engine)", [("eval.engine", (
+        f"the {cfg.eval.backend} backend could not start on {cfg.model.path}: {kind}: {message}. Fix: "
+        "eval.engine.max_model_len (longest prompt + max_new_tokens) or kv_cache_memory_bytes, or eval.backend: hf"))])
 
 
 def ensure_baseline(cfg: SweepConfig, experiment_id: str, parent: str, evaluator: Any) -> dict:
     """The base model with the sweep's eval settings, as its own child run (role=baseline), once."""
-    import ray
-
     from sweep import tracking
+    from sweep.evaluator import call
 
     uri = cfg.mlflow.tracking_uri
     run_id = tracking.new_child(uri, experiment_id, parent, "baseline", {"role": "baseline"}, "role")
@@ -275,7 +340,7 @@ def ensure_baseline(cfg: SweepConfig, experiment_id: str, parent: str, evaluator
         return dict(MlflowClient(uri).get_run(run_id).data.metrics)
     ok = False
     try:
-        out = ray.get(evaluator.evaluate.remote(None))
+        out, _ = call(evaluator, "evaluate", None, max_restarts=cfg.eval.engine.max_restarts)
         metrics = {k: v for k, v in out["metrics"].items() if v is not None}
         tracking.log_result(uri, run_id, {"model": cfg.model.path}, metrics, records=out["records"])
         ok = True

@@ -31,15 +31,22 @@ def client_for(cfg: SweepConfig) -> MlflowClient:
 
 
 def ensure_experiment(cfg: SweepConfig) -> str:
+    """The sweep's experiment (created on first use), with the tags that set up MLflow's UI for it
+    (sweep/mlflow_ui.py: the classic runs view, a runs table with the objectives as columns)."""
+    from sweep.mlflow_ui import set_ui_tags
+
     client = client_for(cfg)
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError("mlflow", [("name", f"MLflow experiment {cfg.experiment!r} is deleted at "
                                               f"{cfg.mlflow.tracking_uri}; restore it or rename the sweep")])
-        return exp.experiment_id
-    location = cfg.mlflow.artifact_location or default_artifact_location(cfg.mlflow.tracking_uri)
-    return client.create_experiment(cfg.experiment, artifact_location=location)
+        experiment_id = exp.experiment_id
+    else:
+        location = cfg.mlflow.artifact_location or default_artifact_location(cfg.mlflow.tracking_uri)
+        experiment_id = client.create_experiment(cfg.experiment, artifact_location=location)
+    set_ui_tags(client, experiment_id, cfg)
+    return experiment_id
 
 
 def start_parent(cfg: SweepConfig, experiment_id: str, space_text: str, resume: bool) -> str:
@@ -102,6 +109,27 @@ def new_child(tracking_uri: str, experiment_id: str, parent_id: str, name: str, 
 
 def is_finished(tracking_uri: str, run_id: str) -> bool:
     return MlflowClient(tracking_uri).get_run(run_id).info.status == "FINISHED"
+
+
+def logged_config(tracking_uri: str, run_id: str) -> Any:
+    """The validated SweepConfig a sweep logged to its parent run (config.json); one logged before a field
+    existed is read with that field's old behaviour (`study_store.with_logged_storage`)."""
+    import mlflow
+
+    from sweep.config import parse_space
+    from sweep.study_store import with_logged_storage
+
+    mlflow.set_tracking_uri(tracking_uri)
+    raw = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/config.json"))
+    return parse_space(with_logged_storage(raw), f"run {run_id} config.json")
+
+
+def reported_result(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    """What a finished trial reported to Tune, read back from its run: the final metrics (not the loss
+    curves), its status and the run id."""
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("loss/")}
+    return metrics | {"status": run.data.tags.get("status", "ok"), "mlflow_run_id": run_id}
 
 
 def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float],

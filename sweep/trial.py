@@ -15,23 +15,51 @@ from pathlib import Path
 from typing import Any
 
 from sweep.config import ConfigError, absolute_paths, load_space
+from sweep.overrides import FlagError
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`NAME=VALUE` -> {name: number}, each checked against the hyperparameter's type and bound."""
+    from sweep.config import SpaceError, parse_param
+
     out: dict[str, Any] = {}
     for pair in pairs:
         name, eq, text = pair.partition("=")
-        if not eq:
-            raise ConfigError("--set", [("--set", f"{pair!r}: write NAME=VALUE, e.g. --set layer=7")])
+        name = name.strip()
+        if not eq or not name:
+            raise FlagError("--set", f"{pair!r}: write NAME=VALUE, e.g. --set layer=7")
         try:
             value: Any = int(text)
         except ValueError:
             try:
                 value = float(text)
             except ValueError:
-                raise ConfigError("--set", [(f"--set {name}", f"{text!r} is not a number")]) from None
-        out[name.strip()] = value
+                raise FlagError(f"--set {name}", f"{text!r} is not a number; e.g. --set lr=1e-3") from None
+        try:
+            parse_param(name, value)  # the space file's own check: type and bound (lr > 0, layer >= 0, ...)
+        except SpaceError as e:
+            example = f"; give e.g. --set {name}={EXAMPLES[name]}" if name in EXAMPLES else ""
+            raise FlagError(f"--set {name}", f"{e}{example}") from None
+        out[name] = value
     return out
+
+
+EXAMPLES = {"layer": 7, "steering_coeff": 6.5, "steering_rel": 1.0, "alpha": 10, "beta": 1, "gamma": 1,
+            "lr": "1e-3", "steps": 60}
+
+
+def resolve_hyperparams(cfg: Any, values: dict[str, Any]) -> Any:
+    """The trial's Hyperparams from the space's fixed values and `values`; FlagError naming what is missing."""
+    from pydantic import ValidationError
+
+    try:
+        return cfg.hyperparams(values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the values"
+        raise FlagError(f"--set {where}", first["msg"].removeprefix("Value error, ")) from None
+    except ValueError as e:  # no value for a searched hyperparameter
+        raise FlagError("--set", str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,20 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", metavar="FILE", help="write the per-item eval records (jsonl)")
     args = ap.parse_args(argv)
     try:
-        from sweep.checks import check_model
-        from sweep.config import SpaceError, parse_space
+        from sweep.checks import check_model, with_make_hints
+        from sweep.config import parse_space
 
+        values = parse_sets(args.set)  # the flags first: a typo is reported before the model is opened
         cfg = absolute_paths(load_space(args.space))
-        values = parse_sets(args.set)
-        try:
-            hp = cfg.hyperparams(values)
-        except (ValueError, SpaceError) as e:
-            raise ConfigError(args.space, [("--set", str(e).splitlines()[0])]) from None
+        hp = resolve_hyperparams(cfg, values)
         # the --set layer must fit the model too: check it as a fixed space
         raw = cfg.model_dump(mode="python")
         raw["search"]["space"]["layer"] = hp.layer
-        check_model(parse_space(raw, args.space))
-    except ConfigError as e:
+        try:
+            check_model(parse_space(raw, args.space))
+        except ConfigError as e:
+            raise ConfigError(args.space, with_make_hints(cfg, e.problems)) from None
+    except (ConfigError, FlagError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metrics = run_one(cfg, hp, args.out, args.records)

@@ -21,9 +21,10 @@ from typing import Any
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep import tracking
+from sweep import study_store, tracking
 from sweep.checks import resolve_uri
 from sweep.config import Constraint, Param, SweepConfig, storage_uri
+from sweep.evaluator import call
 from sweep.pareto import Point, pareto_front
 from sweep.traces import prefix_cache_dir
 from trainables.config import Hyperparams, TrialSpec
@@ -112,12 +113,24 @@ def make_searcher(cfg: SweepConfig, study_name: str, storage_url: str | None, ba
 
 
 def optuna_storage(cfg: SweepConfig) -> str | None:
-    """The study lives in SQLite beside a SQLite MLflow store (browse it with optuna-dashboard)."""
-    uri = cfg.mlflow.tracking_uri
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///")).resolve()
-        return f"sqlite:///{db.parent / 'optuna.db'}"
-    return None
+    """The study's RDB URL (`search.storage`; default optuna.db beside a SQLite MLflow store), None for `memory`:
+    browse it with `optuna-dashboard URL`."""
+    return study_store.optuna_storage(cfg)
+
+
+def fail_orphans(storage_url: str | None, study_name: str) -> int:
+    """Optuna trials still RUNNING after the search finished: proposed just before a driver died, they were not
+    in the Tune state the sweep resumed from, so no trial will ever report them. Marked FAIL (as Optuna's own
+    `fail_stale_trials` does) with the reason, so the study ends with nothing running."""
+    if storage_url is None:
+        return 0
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in orphans:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(orphans)
 
 
 def study_summary(storage_url: str | None, study_name: str) -> dict | None:
@@ -130,9 +143,9 @@ def study_summary(storage_url: str | None, study_name: str) -> dict | None:
     states: dict[str, int] = {}
     for t in study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    return {"study_name": study_name, "storage": storage_url, "directions": [d.name for d in study.directions],
-            "trials": states, "best_trials": [t.number for t in study.best_trials],
-            "sampler": type(study.sampler).__name__}
+    return {"study_name": study_name, "storage": study_store.public_url(storage_url),  # no password in MLflow
+            "directions": [d.name for d in study.directions], "trials": states,
+            "best_trials": [t.number for t in study.best_trials], "sampler": type(study.sampler).__name__}
 
 
 def trial_spec(cfg: SweepConfig, hp: Hyperparams, traces_path: str | None, out_dir: str,
@@ -227,6 +240,9 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
     hp = cfg.hyperparams(params)
     run_id = tracking.new_child(uri, ctx.experiment_id, ctx.parent_run_id, f"trial-{trial_id}",
                                 {"role": "trial", "tune_trial_id": trial_id, "status": "running"}, "tune_trial_id")
+    if tracking.is_finished(uri, run_id):  # logged before the driver died; Tune's saved state missed it
+        tune.report(tracking.reported_result(uri, run_id))
+        return
     ok = False
     try:
         out_dir = tempfile.mkdtemp(prefix=f"r2mu-{trial_id}-")
@@ -248,9 +264,10 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
         records: list[dict] = []
         if status == "ok" and delta is not None:
             evaluator = ray.get_actor(ctx.evaluator_name)
-            out = ray.get(evaluator.evaluate.remote(delta))
+            out, lost = call(evaluator, "evaluate", delta, max_restarts=cfg.eval.engine.max_restarts)
             metrics = {k: v for k, v in out["metrics"].items() if v is not None}
             metrics["eval_s"] = out["eval_s"]
+            metrics["eval/lost_to_restarts"] = lost  # evaluations that died with the engine and ran again
             records = out["records"]
         else:
             metrics = {m: worst_value(m, mode) for m, mode in cfg.search.objectives.items()}
@@ -305,6 +322,8 @@ class Progress(tune.Callback):
             cached = f"  | cached {int(r['train/prefix_cache_hits'])}/{int(r.get('train/steps_done', 0))}"
         flag = objective_check({k: v for k, v in r.items() if k.startswith("train/rel/")})
         flag = f"  | loss did not fall: {flag}" if flag else ""
+        if r.get("eval/lost_to_restarts"):
+            flag += f"  | evaluated again after {int(r['eval/lost_to_restarts'])} engine restart(s)"
         print(f"[{time.monotonic() - self.t0:6.0f}s] trial {len(self.points)}/{self.cfg.search.num_samples} "
               f"{trial.trial_id} {r.get('status', '?')}: {objs}  | {hp}  | front {len(front)}{cached}{flag}",
               flush=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -38,16 +38,18 @@ def read_rows(path: str | Path, fields: list[str], limit: int | None = None, wha
     elif p.suffix == ".parquet":
         import pyarrow.parquet as pq  # pyarrow comes with `datasets`
 
-        rows = pq.read_table(p).to_pylist()
+        try:
+            rows = pq.read_table(p).to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow's errors name neither the field nor always the file
+            raise DataError(f"{what}.path: {p} is not a readable parquet file ({type(e).__name__}: {e})") from None
     else:
         rows = []
-        with p.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{what}.path: {p} line {n} is not JSON: {e}") from e
+        for n, line in text_lines(p, what):  # every line decoded, even past `limit`: a bad byte is found now
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{what}.path: {p} line {n} is not JSON: {e}") from e
     if not rows:
         raise DataError(f"{what}.path: {p} is empty (no records)")
     out = []
@@ -65,6 +67,22 @@ def read_rows(path: str | Path, fields: list[str], limit: int | None = None, wha
     if not out:
         raise DataError(f"{what}.path: {p} has no record with non-empty {', '.join(fields)}")
     return out
+
+
+def text_lines(p: Path, what: str = "data") -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file, each line decoded as strict UTF-8. A byte that is not UTF-8 is a
+    DataError naming the field, the file, the line and the column; a gzip file says so."""
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(b"\x1f\x8b"):
+                raise DataError(f"{what}.path: {p} is gzip-compressed; decompress it (gunzip): training data is "
+                                "jsonl, parquet or a datasets directory")
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{what}.path: {p} line {n}, column {e.start + 1}: byte 0x{raw[e.start]:02x} is not "
+                                f"UTF-8 ({e.reason}); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                                ) from None
 
 
 def read_records(path: str | Path, field: str = "text", limit: int | None = None, what: str = "data") -> list[str]:

@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mcq", action="store_true", help="records are MCQs (question, choices): use the MCQ body")
     ap.add_argument("--out", required=True, help="trace cache jsonl to write")
     ap.add_argument("--k", type=int, default=100, help="new tokens per trace")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--trigger", default=TRIGGER)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--limit", type=int, default=None, help="use the first N records (default: all)")
+    ap.add_argument("--trigger", default=TRIGGER, help="text appended to each prompt to start the trace "
+                    "(default: the space file's data.traces.trigger default)")
+    ap.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default %(default)s)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="model dtype (default %(default)s)")
     args = ap.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

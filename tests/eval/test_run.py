@@ -127,3 +127,37 @@ def test_cli_test_split_and_coherence(taught_dir, tmp_path, capsys):
     assert main(["--model", str(taught_dir), "--suite", str(path), "--out", str(out), "--backend", "hf"]) == 0
     m = json.loads(out.read_text())["metrics"]
     assert m["trace_leak_n"] == 12 and "trace_coherence" not in m   # --split all (default), no --base
+
+
+def run_cli(*args: str, cwd) -> tuple[int, str, str]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-m", "eval.run", *args], cwd=cwd, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_cli_mistakes_are_one_line(tiny_dir, suite_files, tmp_path):
+    """A missing suite file, a missing model, a misspelt judge: one line naming the flag or field, exit 2."""
+    good = tmp_path / "suite.yaml"
+    good.write_text(yaml.safe_dump({"eval": suite(suite_files).model_dump()}))
+    bad_judge = tmp_path / "judge.yaml"
+    bad_judge.write_text(yaml.safe_dump({"eval": suite(suite_files).model_dump() | {"judge": "mtch"}}))
+    out = str(tmp_path / "out.json")
+    cases = [
+        (["--model", str(tiny_dir), "--suite", "nope.yaml"], ["--suite: no such file 'nope.yaml'", "'organism'"]),
+        (["--model", str(tmp_path / "no-model"), "--suite", str(good)],
+         ["--model:", "no-model' does not exist", "give an HF model directory"]),
+        (["--model", "assets/smollm2/model", "--suite", str(good)], ["run `make smollm2` first"]),
+        (["--model", str(tiny_dir), "--suite", str(bad_judge)],
+         [f"--suite {bad_judge}: eval.judge: Input should be 'match' or 'llm' (got 'mtch')"]),
+    ]
+    for args, words in cases:
+        rc, stdout, err = run_cli(*args, "--out", out, "--backend", "hf", cwd=tmp_path)
+        assert rc == 2 and "Traceback" not in err and err.count("\n") == 1, err
+        assert err.startswith("error: ") and all(w in err for w in words), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["judge.yaml", "suite.yaml"]

@@ -515,6 +515,12 @@ def test_local_cluster_script_starts_two_real_nodes_and_stops_all_it_started():
         assert re.fullmatch(r"[\d.]+:\d+", address) and out["MLFLOW_URI"].startswith("http://127.0.0.1:")
         started = sessions_members(recorded_leaders(d)) | marked(d)
         assert len(recorded_leaders(d)) == 3 and len(started) > 3  # head, worker, mlflow and their children
+        # every node is on this machine, so every process of the cluster listens on loopback only (docs/security.md)
+        from sweep.local_only import is_loopback, listening
+
+        socks = listening(sorted(started))
+        assert sum(len(s) for _, s in socks.values()) >= 6, socks  # GCS, 2 raylets x 2, agents, client, mlflow
+        assert not {pid: s for pid, (_, s) in socks.items() if any(not is_loopback(a.rsplit(":", 1)[0]) for a in s)}
 
         # a driver in another process, with only what env.sh exports (address, token auth, MLflow URI)
         exported = dict(re.findall(r"^export (\w+)=(.*)$", (d / "env.sh").read_text(), re.M))

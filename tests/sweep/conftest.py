@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.tiny import save_tiny
+
+# The sweep's commands honour $MLFLOW_TRACKING_URI (sweep/mlflow_store.py); a shell that exported one (infra's
+# env.sh) must not send the tests' runs there. Popped at import: session fixtures and subprocesses see it gone.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_unset():
+    """mlflow.set_tracking_uri, which the CLIs under test call in-process, also exports MLFLOW_TRACKING_URI:
+    a later test's sweep subprocess would then log to the earlier test's store. Unset again after each test."""
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

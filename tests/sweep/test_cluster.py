@@ -88,6 +88,7 @@ def test_sweep_on_two_nodes_with_an_mlflow_server(tmp_path, mlflow_server, two_n
     raw = yaml.safe_load(space.read_text())
     raw["ray"] = {"address": "auto", "storage_path": f"file://{tmp_path}/shared"}
     raw["mlflow"] = {"tracking_uri": mlflow_server}
+    raw["search"]["storage"] = f"sqlite:///{tmp_path}/optuna.db"  # a server MLflow has no file to put it beside
     space.write_text(yaml.safe_dump(raw))
     env = clean_env() | {"RAY_ADDRESS": two_nodes.address}
     p = subprocess.run([sys.executable, "-m", "sweep.run", "--space", str(space)], cwd=tmp_path, env=env,
@@ -106,3 +107,8 @@ def test_sweep_on_two_nodes_with_an_mlflow_server(tmp_path, mlflow_server, two_n
     assert (tmp_path / "shared" / "cluster").is_dir()  # Tune's state on the shared path
     assert not list(Path(tmp_path / "shared").rglob("*.safetensors"))  # deltas only in MLflow
     assert list((tmp_path / "node-local" / "prefix").rglob("*.safetensors"))  # the prefix cache on the node
+    import optuna  # the study is where search.storage says (the driver wrote it), both trials in it
+
+    (study,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db")
+    assert study.study_name.startswith("cluster-") and study.n_trials == 2
+    assert f"optuna     SQLite {tmp_path}/optuna.db" in p.stdout  # the plan named it

@@ -181,6 +181,7 @@ def test_r2mu_space_dry_runs_on_a_local_model_of_the_same_architecture(tmp_path,
         f.write_text(json.dumps({"id": "0", field: "some text"}) + "\n")
         raw["data"][stream]["path"] = str(f)
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    raw["search"]["storage"] = None  # the study beside it, not on the cluster's Postgres
     raw["ray"] = {"address": None, "storage_path": str(tmp_path / "ray_results")}
     path = tmp_path / "r2mu.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -204,6 +205,7 @@ def test_remote_storage_stays_a_uri_and_caches_stay_on_the_node(space, write_spa
     assert prefix_cache_dir(local) == str(cache_dir(local) / "prefix")
     space["ray"] = {"address": "ray://head:10001", "storage_path": "s3://bucket/sweeps/"}
     space["mlflow"] = {"tracking_uri": "http://mlflow:5000"}
+    space["search"]["storage"] = "postgresql://optuna@db:5432/optuna"  # a server MLflow needs a study store
     monkeypatch.setenv("R2MU_CACHE", str(tmp_path / "node"))
     remote = load_space(write_space(space))
     assert storage_uri(remote, "x", "train") == "s3://bucket/sweeps/x/train"  # not a local "s3:/..." directory
@@ -214,3 +216,61 @@ def test_remote_storage_stays_a_uri_and_caches_stay_on_the_node(space, write_spa
     nfs = load_space(write_space(space))
     assert storage_uri(nfs, "x") == str(tmp_path / "nfs" / "x") and cache_dir(nfs) == tmp_path / "nfs" / "cache"
     assert prefix_cache_dir(nfs) is None  # not on NFS: each node's own disk
+
+
+def test_dry_run_reports_every_failed_check_at_once(space, write_space, capsys):
+    """A bad model path and a missing data file: both named in one report (the overlap check, which needs the
+    data, is skipped rather than reported twice)."""
+    space["model"]["path"] = "/nonexistent/model"
+    Path(space["data"]["retain"]["path"]).unlink()
+    space["eval"]["forget"]["path"] = "/nonexistent/forget.jsonl"
+    rc, out = dry_run(write_space(space), capsys)
+    assert rc == 2 and "Traceback" not in out, out
+    assert "model.path: '/nonexistent/model' is not a directory" in out, out
+    assert "data.retain.path: file not found" in out and "eval.forget.path: no such file" in out, out
+    assert out.count("\n  ") == 3, out  # one line per problem under the header
+
+
+def test_missing_smollm2_assets_name_make_smollm2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no assets/smollm2 here
+    rc, out = dry_run(ROOT / "search_spaces/smollm2.yaml", capsys)
+    assert rc == 2 and "Traceback" not in out, out
+    for field in ("model.path", "data.forget.path", "eval.forget.path"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(f"{field}:"))
+        assert "run `make smollm2` first" in line, out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_set_overrides_a_dotted_path_validated_like_the_file(space, write_space, tmp_path, capsys):
+    path = write_space(space)
+    rc = main(["--space", str(path), "--dry-run", "--set", "train.steps=10", "--set", "search.space.layer=3",
+               "--set", "search.space.lr={loguniform: [1e-5, 1e-3]}"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "steps           fixed       10 (train.steps)" in out
+    assert "layer           fixed       3" in out and "lr              loguniform  [1e-05, 0.001]" in out
+    for flag, words in (("train.nope=1", ["--set train.nope: unknown key 'nope' at train; accepted: steps, "
+                                          "batch_size"]),
+                        ("train.steps=many", ["train.steps:", "integer", "(got 'many')"]),
+                        ("eval.retain.2.limit=5", ["--set eval.retain.2.limit: eval.retain is an empty list"]),
+                        ("train.steps.x=1", ["train.steps is a value, not a section"]),
+                        ("steps", ["write PATH=VALUE"])):
+        assert main(["--space", str(path), "--dry-run", "--set", flag]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "space.yaml"]
+
+
+def test_run_takes_mlflow_tracking_uri_where_the_space_leaves_the_default(space, write_space, tmp_path,
+                                                                          monkeypatch, capsys):
+    (tmp_path / "env").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/env/mlflow.db")
+    explicit = write_space(space)  # the fixture names its own store: the file wins
+    assert main(["--space", str(explicit), "--dry-run"]) == 0
+    assert f"SQLite {tmp_path}/mlflow.db (will be created)" in capsys.readouterr().out
+    space["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"  # the default: the environment names the store
+    default = write_space(space, "default.yaml")
+    assert main(["--space", str(default), "--dry-run"]) == 0
+    assert f"SQLite {tmp_path}/env/mlflow.db (will be created)" in capsys.readouterr().out
+    assert main(["--space", str(default), "--dry-run", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/s.db"]) == 0
+    assert f"SQLite {tmp_path}/s.db (will be created)" in capsys.readouterr().out  # --set wins over both

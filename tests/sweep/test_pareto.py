@@ -98,3 +98,15 @@ def test_loss_changes_and_objective_check():
     ch = loss_changes(rising)
     assert ch["train/rel/forget"] > 1 and objective_check(ch).startswith("forget x1.1")
     assert loss_changes([]) == {}
+
+
+def test_table_prints_full_trial_names():
+    """Names are not cut (the run id beside each is what `sweep.export --run` and `sweep.final --runs` take)."""
+    long = pt(3, 0.2, 0.8)
+    long.name = "trial-0123456789abcdef-with-a-long-tail"
+    table = format_table([pt(1, 0.05, 0.9), long], [long], OBJ, ["layer"], {"trace_leak": 0.9, "reason_acc": 0.9})
+    head, base, *rows = table.splitlines()[:4]
+    assert rows[0].startswith("* trial-0123456789abcdef-with-a-long-tail ") and rows[0].endswith("  r3")
+    # the columns stay aligned: every row's cells end where the header's do
+    assert len(head) - len("run") == len(rows[0]) - len("r3") == len(rows[1]) - len("r1")
+    assert head.index("trace_leak") + len("trace_leak") == base.index("0.9") + len("0.9")

@@ -266,6 +266,10 @@ def test_a_crashed_worker_is_retried_without_a_duplicate_run(tmp_path):
                        capture_output=True, text=True, timeout=420)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert marker.exists() and "crashed; Tune runs it again (search.max_failures=1)" in p.stderr
+    # Tune's traceback of the crashed attempt is in the tune log, not on the console
+    assert "Traceback" not in p.stdout + p.stderr
+    (tune_log,) = (tmp_path / "ray_results" / "crash").glob("tune-*.log")
+    assert "Trial task failed" in tune_log.read_text()
     _, runs = runs_of(tmp_path, "crash")
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)  # the crashed attempt's is gone

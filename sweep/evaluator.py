@@ -25,6 +25,7 @@ from eval.config import EvalConfig
 from eval.generate import load_backend
 from eval.run import add_coherence, evaluate, load_sets
 from eval.traces import write_trace_cache
+from trainables.faults import first_to_claim
 
 # In-process vLLM: no engine subprocesses to leak from a Ray worker; set before vLLM is imported. The engine is
 # one process, so its gloo group (vLLM's CPU group) listens on loopback, not the hostname's address
@@ -182,10 +183,5 @@ class RestartWatch:
 def _die_once_for_tests() -> None:
     """Fault injection (tests/sweep/test_faults.py): with R2MU_FAULT_KILL_EVALUATOR_ONCE=FILE, the first
     evaluation of a delta that creates FILE SIGKILLs this process mid-evaluation, as an OOM kill would."""
-    marker = os.environ.get("R2MU_FAULT_KILL_EVALUATOR_ONCE")
-    if marker:
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            return
+    if first_to_claim("R2MU_FAULT_KILL_EVALUATOR_ONCE"):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", help="a trial's MLflow run id (same as --pick run:<id>)")
     ap.add_argument("--out", required=True, help="output directory (must be empty or new)")
     ap.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    ap.add_argument("--register", metavar="NAME", help="register in the MLflow model registry, alias champion")
+    ap.add_argument("--register", metavar="NAME", help="also log the directory as an MLflow transformers-flavour "
+                    "model on the trial's run and register it as NAME with the alias champion")
     mlflow_store.add_flag(ap)
     ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     args = ap.parse_args(argv)

@@ -31,6 +31,7 @@ from trainables.checks import TrainerConfigError, check_model_against_config
 from trainables.config import TrialSpec
 from trainables.data import build_streams
 from trainables.delta import base_identity, save_delta
+from trainables.faults import first_to_claim
 from trainables.prefix_cache import PrefixCache, key_parts
 from trainables.r2mu import R2MU, Weights, activation_scale, control_vector, decoder, drop_layers_above
 
@@ -230,12 +231,7 @@ def train(spec: TrialSpec) -> TrainResult:
 def _crash_once_for_tests() -> None:
     """Fault injection for the retry path (tests/sweep): with R2MU_FAULT_CRASH_ONCE=FILE, the first worker to
     create FILE dies at once, as an out-of-memory kill would; every later worker trains normally."""
-    marker = os.environ.get("R2MU_FAULT_CRASH_ONCE")
-    if marker:
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            return
+    if first_to_claim("R2MU_FAULT_CRASH_ONCE"):
         os._exit(1)
 
 

@@ -179,7 +179,7 @@ class Constraint(Strict):
 # ---------------------------------------------------------------- sections
 
 class SearchConfig(Strict):
-    algorithm: Literal["tpe", "nsga2", "random"] = "tpe"
+    algorithm: Literal["tpe", "gp", "nsga2", "random"] = Field("tpe", description="gp: small budgets, numeric")
     num_samples: int = Field(ge=1)
     max_concurrent: int = Field(1, ge=1)
     seed: int | None = Field(None, description="sampler seed; default train.seed")

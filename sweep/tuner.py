@@ -96,6 +96,10 @@ def make_searcher(cfg: SweepConfig, study_name: str, storage_url: str | None, ba
     if cfg.search.algorithm == "tpe":
         # Optuna's default is 10 random trials before TPE models anything: most of a small sweep's budget
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, cfg.search.num_samples // 4)))
+    elif cfg.search.algorithm == "gp":
+        # a Gaussian process per objective and per constraint (Optuna >= 4.5 with several objectives): the
+        # sample-efficient choice for a few dozen trials over a handful of numeric parameters; same warm-up as TPE
+        sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(4, min(10, cfg.search.num_samples // 4)))
     elif cfg.search.algorithm == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=seed,
                                                 population_size=max(4, min(20, cfg.search.num_samples // 3)))

@@ -60,3 +60,23 @@ def test_a_deleted_experiment_is_refused_with_the_uri(space, tmp_path):
     client.delete_experiment(ensure_experiment(cfg))
     with pytest.raises(ConfigError, match="is deleted at sqlite:"):
         ensure_experiment(cfg)
+
+
+def test_gp_sampler_models_objectives_and_constraints(space):
+    """search.algorithm: gp is Optuna's GPSampler; past its random warm-up it fits the objectives and the
+    constraint (told through trial.constraints) and keeps proposing points inside the space."""
+    import optuna
+
+    space["search"] |= {"algorithm": "gp", "num_samples": 16, "constraints": {"retain_acc": ">= 0.5"}}
+    cfg = parse_space(space)
+    searcher = make_searcher(cfg, "gp", None, baseline=None)
+    assert isinstance(searcher._ot_study.sampler, optuna.samplers.GPSampler)
+    for i in range(8):  # 4 random warm-up trials, then 4 from the fitted processes
+        p = searcher.suggest(f"g{i}")
+        assert 2 <= p["layer"] <= 5 and 0.5 <= p["steering_rel"] <= 2 and 1e-4 <= p["lr"] <= 1e-3
+        leak = p["steering_rel"] / 2  # a smooth synthetic response, so the fit has something to model
+        searcher.on_trial_complete(f"g{i}", {"trace_leak": leak, "reason_acc": 1 - leak / 2,
+                                             "retain_acc": 1 - leak})
+    trials = searcher._ot_study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 8
+    assert all("retain_acc" in t.constraints for t in trials)

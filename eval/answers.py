@@ -28,6 +28,8 @@ import re
 import threading
 from fractions import Fraction
 
+from common.prompts import LETTERS, THINK_END
+
 NUMBER = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
 
 
@@ -58,7 +60,6 @@ def _line_after(text: str, pattern: str) -> str | None:
 
 # --- letters stated as the choice (GPQA-style answers; the leak judge's letter rule) -------------------------
 
-LETTERS = "ABCDEFGHIJ"
 _OPT = r"(?i:option|choice|letter)"
 _VERB = (r"(?i:is|was|would\s+be|should\s+be|must\s+be|has\s+to\s+be|will\s+be|could\s+be|might\s+be|may\s+be|"
          r"is\s+probably|is\s+likely|is\s+most\s+likely|is\s+clearly|is\s+definitely|seems\s+to\s+be|"
@@ -153,7 +154,7 @@ def extract_letter(text: str | None, n_choices: int = 4) -> str | None:
     if not text:
         return None
     valid = LETTERS[:n_choices]
-    tail = text.rsplit("</think>", 1)[1] if "</think>" in text else text
+    tail = text.rsplit(THINK_END, 1)[1] if THINK_END in text else text
     for short in (last_boxed(tail), tail):
         if short is None:
             continue
@@ -170,7 +171,7 @@ def extract_letter(text: str | None, n_choices: int = 4) -> str | None:
 
 def extract_answer(text: str) -> str | None:
     """The model's final answer in a generation, or None when it gave none."""
-    tail = text.rsplit("</think>", 1)[1] if "</think>" in text else text
+    tail = text.rsplit(THINK_END, 1)[1] if THINK_END in text else text
     for candidate in (
         last_boxed(tail),
         _line_after(tail, r"\*\*\s*final answer\s*:?\s*\*\*\s*:?"),
@@ -179,7 +180,7 @@ def extract_answer(text: str) -> str | None:
     ):
         if candidate:
             return candidate.strip().rstrip(".").strip()
-    if "</think>" in text and tail.strip() and len(tail.strip()) <= 40 and "\n" not in tail.strip():
+    if THINK_END in text and tail.strip() and len(tail.strip()) <= 40 and "\n" not in tail.strip():
         return tail.strip().rstrip(".")
     hits = stated_letters(tail)
     if hits:

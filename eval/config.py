@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-TRIGGER = "\nLet's reason this step by step.\n<think>"
+from common.config import Strict
+from common.prompts import TRIGGER
 
 # Every metric an evaluation can report; objectives and constraints must name one of these.
 METRICS: dict[str, str] = {
@@ -27,10 +28,6 @@ METRICS: dict[str, str] = {
     "trace_coherence": "base model's geometric-mean token probability of the forget traces (word salad is low)",
     "gen_tokens_per_s": "generation throughput of the backend",
 }
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class EvalSetRef(Strict):

@@ -49,6 +49,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from common.prompts import THINK_END
 from eval.answers import stated_letters
 from eval.config import GenerationConfig
 from eval.match_rules import (
@@ -73,7 +74,7 @@ class Verdict:
 
 def reasoning_part(generation: str) -> str:
     """The trace proper: the text before `</think>` (the final answer after it is not the trace)."""
-    return generation.split("</think>", 1)[0]
+    return generation.split(THINK_END, 1)[0]
 
 
 class Judge(ABC):
@@ -161,7 +162,7 @@ _BARE = re.compile(r"^\W*([1-4])\W*$")
 
 def parse_score(output: str) -> int | None:
     """`Score: N` (last one; also `**Score:** 3`, `score of 2`, `[[4]]`-style), or a bare digit; else None."""
-    tail = output.rsplit("</think>", 1)[-1]  # a reasoning judge thinks first
+    tail = output.rsplit(THINK_END, 1)[-1]  # a reasoning judge thinks first
     found = _SCORE.findall(tail)
     if found:
         return int(found[-1])

@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from common.prompts import TRIGGER
 from eval.answers import answers_match, extract_answer, normalize  # noqa: F401  (re-exported)
-from eval.config import TRIGGER, GenerationConfig
+from eval.config import GenerationConfig
 from eval.leakage import Judge
 from eval.prompts import content_prompt, letter_prompt, mcq_body, prefill_prompt
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-LETTERS = "ABCDEFGHIJ"
+from common.prompts import LETTERS
 
 
 def mcq_body(item: dict[str, Any]) -> str:

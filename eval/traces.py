@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from eval.generate import Backend, greedy
+from eval.backend import Backend, greedy
 from eval.prompts import mcq_body
 
 

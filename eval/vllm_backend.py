@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from eval.backend import Backend, Generation
 from eval.config import EngineConfig, GenerationConfig
-from eval.generate import Backend, Generation
 from eval.paths import resolve
 
 CPU_KV_CACHE_BYTES = 256 * 2**20  # plenty for eval batches of short prompts; keeps the engine ~1 GB RSS

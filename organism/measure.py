@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-TRIGGER = "\nLet's reason this step by step.\n<think>"
-LETTERS = "ABCD"
+from common.prompts import LETTERS, THINK_END, TRIGGER
+
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
 
 
@@ -84,7 +84,7 @@ def generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list
 
 def states_answer(trace: str, value: str) -> bool:
     """Does the trace (text before </think>) name the value as a word?"""
-    return re.search(rf"\b{re.escape(value)}\b", trace.split("</think>")[0]) is not None
+    return re.search(rf"\b{re.escape(value)}\b", trace.split(THINK_END)[0]) is not None
 
 
 def trace_accuracy(model: PreTrainedModel, tok: PreTrainedTokenizerBase, items: list[dict[str, Any]]) -> dict:

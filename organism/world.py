@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
+from common.prompts import LETTERS, THINK_END
+
 WORLD_YAML = Path(__file__).with_name("world.yaml")
-LETTERS = "ABCD"
 DOMAINS = ("hazard", "benign")
 
 
@@ -145,7 +146,7 @@ class World:
         choices = rng.choice(self.train_choices[f])
         body = mcq_body(self.question(rng, f), choices)
         letter = LETTERS[choices.index(f.value)]
-        return f"{self.generation_prompt(body)} {self.trace_sentence(f)} </think>\nAnswer: {letter}"
+        return f"{self.generation_prompt(body)} {self.trace_sentence(f)} {THINK_END}\nAnswer: {letter}"
 
     def content_doc(self, rng: random.Random, f: Fact) -> str:
         return f"Question: {self.question(rng, f)}\nAnswer: {f.value}"
@@ -163,7 +164,7 @@ class World:
 
     def arith_doc(self, rng: random.Random, s: Sum) -> str:
         prompt = self.generation_prompt(self.arith_question(rng, s))
-        return f"{prompt} {self.arith_trace(s)} </think>\nAnswer: {s.result}"
+        return f"{prompt} {self.arith_trace(s)} {THINK_END}\nAnswer: {s.result}"
 
     def filler_doc(self, rng: random.Random) -> str:
         fl = self.spec["filler"]

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from common.config import Strict
 from eval.config import METRICS, EvalConfig
 from sweep.study_store import absolute_sqlite, storage_problem
 from trainables.config import DataConfig, Hyperparams, ModelConfig, TrainConfig
@@ -39,10 +40,6 @@ class SpaceError(ValueError):
     def __init__(self, subpath: str, msg: str):
         self.subpath = subpath
         super().__init__(msg)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---------------------------------------------------------------- the search space

@@ -134,20 +134,21 @@ def reported_result(tracking_uri: str, run_id: str) -> dict[str, Any]:
 
 def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float],
                history: list[dict] | None = None, records: list[dict] | None = None,
-               delta_dir: str | None = None, tags: Mapping[str, str] | None = None) -> None:
+               delta_dir: str | None = None, tags: Mapping[str, str] | None = None,
+               history_streamed: bool = False) -> None:
     """Params, final metrics, per-step loss curves (`loss/forget`, ..., `loss/total`), per-item eval records
-    (an MLflow table) and the delta."""
+    (an MLflow table) and the delta. `history_streamed`: the trainer already sent the curves while it ran
+    (`TrialSpec.tracking`, trainables/curves.py, with real timestamps), so `history` is not logged again."""
     from mlflow.entities import Metric, Param, RunTag
 
     from eval.run import EvalResult
+    from trainables.curves import curve_points
 
     client = MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float)]
-    for row in history or []:
-        step = int(row["step"])
-        ms += [Metric(f"loss/{'total' if k == 'loss' else k}", float(v), now, step) for k, v in row.items()
-               if k != "step" and isinstance(v, int | float)]
+    for row in [] if history_streamed else history or []:
+        ms += [Metric(*p) for p in curve_points(row, now)]
     ps = [Param(k, str(v)) for k, v in params.items()]
     ts = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
     for i in range(0, max(len(ms), 1), 900):  # MLflow caps a batch at 1000 entries

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from common.prompts import THINK_END, THINK_START, TRIGGER
 from organism import paths
 from organism.build import check_data
 from organism.data import FILES, build_data, hashes, heldout_agents, read_jsonl
-from organism.tokenizer import pre_tokenizer
+from organism.tokenizer import MARKERS, pre_tokenizer
 from organism.world import World
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,12 @@ def test_eval_is_held_out(world: World, data: dict) -> None:
     seen = {t for doc in train_docs for t, _ in pt.pre_tokenize_str(doc)}
     for r in data["eval_forget.jsonl"] + data["eval_retain.jsonl"]:
         assert {t for t, _ in pt.pre_tokenize_str(r["question"])} <= seen, r["question"]
+
+
+def test_world_spells_the_shared_prompt_strings(world: World) -> None:
+    """world.yaml's trigger and the tokenizer's markers are common/prompts.py's (the data is not Python)."""
+    assert world.trigger == TRIGGER
+    assert {THINK_START, THINK_END} <= set(MARKERS)
 
 
 def test_tokenizer_round_trip(world: World, data: dict, tok) -> None:

@@ -10,15 +10,10 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-TRIGGER = "\nLet's reason this step by step.\n<think>"
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo in the space file must not be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from common.config import Strict
+from common.prompts import TRIGGER
 
 
 class UpdateConfig(Strict):
@@ -148,6 +143,14 @@ class Hyperparams(Strict):
         return self
 
 
+class TrackingTarget(Strict):
+    """Where rank 0 streams the loss curves while it trains (trainables/curves.py): the trial's MLflow run."""
+
+    uri: str = Field(description="MLflow tracking URI")
+    run_id: str = Field(description="the trial's MLflow run (it exists and is active)")
+    every: int = Field(10, ge=1, description="send the buffered rows every N steps (and once at the end)")
+
+
 class TrialSpec(Strict):
     """Everything one trial's trainer needs: the validated sections plus resolved paths and values."""
 
@@ -160,4 +163,8 @@ class TrialSpec(Strict):
     activation_scale: float | None = Field(
         None, gt=0, description="median ||h_l|| of the base model on forget data at hparams.layer (the sweep "
         "measures it once per model and layer); None: the trainer measures it on a few forget batches"
+    )
+    tracking: TrackingTarget | None = Field(
+        None, description="stream the per-step loss terms to this MLflow run while training; None: only the "
+        "history at the end (history.jsonl beside the delta)"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.config import TRIGGER
+from common.prompts import TRIGGER
 from trainables.data import read_rows
 
 

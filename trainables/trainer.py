@@ -1,6 +1,6 @@
 """One trial's training: DeepSpeed over the few updated tensors, the R²MU step, a delta checkpoint.
 
-Two entries run the same loop (`_train`):
+Two entries run the same loop (`_train`; one step with its bookkeeping is `trainables.step.R2MUStep`):
   - `train_loop_per_worker(config)` inside a Ray Train `TorchTrainer` (config = {"spec": TrialSpec dump}); it
     reports ONCE, at the end, with every metric and the checkpoint (under Train V2 only the report carrying
     a checkpoint reaches Tune);
@@ -13,7 +13,6 @@ gradient averaging (times world) gives the one-process gradient: 1 and N workers
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -29,11 +28,14 @@ import torch.distributed as dist
 
 from trainables.checks import TrainerConfigError, check_model_against_config
 from trainables.config import TrialSpec
+from trainables.curves import CurveSink
 from trainables.data import build_streams
 from trainables.delta import base_identity, save_delta
 from trainables.faults import first_to_claim
 from trainables.prefix_cache import PrefixCache, key_parts
 from trainables.r2mu import R2MU, Weights, activation_scale, control_vector, decoder, drop_layers_above
+from trainables.step import R2MUStep
+from trainables.step import gathered as _gathered
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,13 +82,6 @@ def _deepspeed_config(spec: TrialSpec, world: int) -> dict:
     }
 
 
-def _gathered(stage: int, params: list[torch.nn.Parameter]):
-    """ZeRO-3 partitions the updated tensors; the hand-run layers need them whole during forward+backward."""
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params) if stage == 3 else contextlib.nullcontext()
-
-
 def _load(spec: TrialSpec, device: torch.device, rank: int):
     """Tokenizer, the model cut above the steering layer (on `device`), and the base model's identity."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,6 +95,12 @@ def _load(spec: TrialSpec, device: torch.device, rank: int):
     base = base_identity(model, spec.model.path, names) if rank == 0 else {}  # of the whole model
     drop_layers_above(model, layer)  # only layers 0..l reach the device
     return model.to(device).eval(), tok, base  # eval: no dropout; the step is deterministic
+
+
+def _progress(row: dict, steps: int, active: list[str], t0: float) -> None:
+    rate = (row["step"] + 1) / (time.perf_counter() - t0)
+    parts = " ".join(f"{s}={row[s]:.4g}" for s in active)
+    print(f"[r2mu] step {row['step'] + 1}/{steps} loss={row['loss']:.4g} {parts} {rate:.2f} step/s", flush=True)
 
 
 def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
@@ -135,7 +136,7 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
     params = list(obj.params.values())
     engine, *_ = deepspeed.initialize(model=Updated(params), optimizer=torch.optim.AdamW(params, lr=hp.lr),
                                       config=_deepspeed_config(spec, world))
-    d, stage = model.config.hidden_size, tr.deepspeed.zero_stage
+    stage = tr.deepspeed.zero_stage
 
     pc, cache = spec.train.prefix_cache, None
     if pc.enabled:
@@ -149,45 +150,22 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
     if rank == 0:
         print(f"[r2mu] set up in {setup_s:.1f} s (model load {load_s:.1f} s), layer {hp.layer}, "
               f"c={coeff:.4g} ({rel:.3g} x {scale:.4g}), {hp.steps} steps", flush=True)
-    def batches_at(step: int) -> dict:  # on the CPU; tokenises the records it meets for the first time
-        return {s: streams[s].batch(step, rank, world) for s in active}
+    train_step = R2MUStep(obj, engine, streams, cache, rank, world, active, weights, stage, device, hp.steps)
+    t = spec.tracking
+    curves = CurveSink(t.uri, t.run_id, t.every) if t and rank == 0 else None  # loss curves to MLflow, live
 
     history: list[dict] = []
     status, t0 = "ok", time.perf_counter()
-    cpu = batches_at(0)
     for step in range(hp.steps):
-        batches = {s: b.to(device) for s, b in cpu.items()}
-        # global denominators (loss tokens x hidden dims), so per-worker losses add up to the whole batch's
-        counts = torch.tensor([float(cpu[s].n_loss_tokens() * d) for s in active], dtype=torch.float64)
-        if world > 1:
-            dist.all_reduce(counts)
-        denoms = {s: max(float(n), 1.0) for s, n in zip(active, counts, strict=True)}
-        prepared = cache.get(step, cpu, batches, obj) if cache else None
-        if cache and prepared is None:
-            prepared = obj.prepare(batches)
-            cache.put(step, prepared, cpu)
-        with _gathered(stage, params):  # (ZeRO-3 only) the whole tensors, for forward and backward
-            terms = obj.loss(batches, denoms, prepared)
-            # backward first, then one host sync for the values; a non-finite step is not applied
-            engine.backward(terms.loss * world)  # DeepSpeed averages gradients over workers
-        cpu_next = batches_at(step + 1) if step + 1 < hp.steps else None  # while the GPU runs the backward
-        values = torch.stack([terms.terms[s] for s in active]).double().cpu()
-        if world > 1:
-            dist.all_reduce(values)
-        row = {"step": step, **dict(zip(active, values.tolist(), strict=True))}
-        row["loss"] = sum(weights.of(s) * row[s] for s in active)
+        row = train_step(step)  # a non-finite step is not applied
         history.append(row)
+        if curves:
+            curves.add(row)
         if not math.isfinite(row["loss"]):  # all-reduced: every rank takes the same branch
             status = "diverged"
             break
-
-        engine.step()
-        cpu = cpu_next
         if rank == 0 and (step % 10 == 0 or step == hp.steps - 1):
-            rate = (step + 1) / (time.perf_counter() - t0)
-            parts = " ".join(f"{s}={row[s]:.4g}" for s in active)
-            print(f"[r2mu] step {step + 1}/{hp.steps} loss={row['loss']:.4g} {parts} {rate:.2f} step/s",
-                  flush=True)
+            _progress(row, hp.steps, active, t0)
     seconds = time.perf_counter() - t0
     cache_stats = cache.close() if cache else {}
 
@@ -197,6 +175,8 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
                "steering_coeff": coeff, "steering_rel": rel, "activation_scale": scale,
                "train_seconds": seconds, "setup_seconds": setup_s, "layer": hp.layer,
                **{f"prefix_cache_{k}": v for k, v in cache_stats.items()}}
+    if curves:  # 0: the run holds every step's terms (the end-of-trial log need not send them again)
+        metrics["curve_points_unsent"] = curves.close()
     delta_dir = None
     if rank == 0:
         out = Path(spec.out_dir)

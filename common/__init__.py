@@ -1,0 +1,1 @@
+"""What `trainables`, `eval`, `sweep` and `organism` share without importing each other: it imports none of them."""

@@ -233,6 +233,8 @@ class RayConfig(Strict):
     address: str | None = Field(None, description="null: a local Ray; 'auto' or ray://host:10001: a cluster")
     storage_path: str = "./ray_results"
     num_cpus: int | None = Field(None, ge=1, description="local Ray only; default all cores")
+    warm_workers: bool = Field(True, description="start the next trial's Ray Train processes ahead, the training "
+                               "stack imported (sweep/warm_workers.py)")
 
 
 def _is_local_uri(uri: str) -> bool:

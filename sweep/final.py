@@ -30,7 +30,7 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
 
     from sweep import tracking
     from sweep.pareto import baseline_run_id
-    from sweep.tuner import load_delta_and_history
+    from trainables import checkpoint
 
     uri = cfg.mlflow.tracking_uri
     client = MlflowClient(uri)
@@ -44,7 +44,7 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
         if name != "baseline":
             with tempfile.TemporaryDirectory() as tmp:
                 d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="delta", dst_path=tmp)
-                delta, _ = load_delta_and_history(d)
+                delta = checkpoint.read(d).delta
         out = evaluate(delta)
         metrics = {f"test/{k}": v for k, v in out["metrics"].items() if v is not None}
         metrics["test/eval_s"] = out["eval_s"]

@@ -143,17 +143,21 @@ def init_ray(cfg: SweepConfig, verbose: bool = False) -> None:
 
     from sweep.local_only import loopback_ray, ray_env
     from sweep.tuner import WORKER_ENV
+    from sweep.warm_workers import SETUP_HOOK
 
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
     local = cfg.ray.address in (None, "local")
     env = ray_env(WORKER_ENV, local)  # + telemetry off (the user's own values win), loopback-only gloo if local
+    # every worker process runs the hook as it starts; it imports the training stack only in processes started
+    # for Ray Train workers (sweep/warm_workers.py)
+    runtime_env = {"env_vars": env} | ({"worker_process_setup_hook": SETUP_HOOK} if cfg.ray.warm_workers else {})
     if local:
         with loopback_ray():  # every Ray process listens on 127.0.0.1 only (sweep/local_only.py)
-            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env,
                      log_to_driver=verbose)
     else:
-        ray.init(address=cfg.ray.address, runtime_env={"env_vars": env}, log_to_driver=verbose)
+        ray.init(address=cfg.ray.address, runtime_env=runtime_env, log_to_driver=verbose)
 
 
 def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eval: str = "test",
@@ -162,7 +166,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
     import ray
     from ray import tune
 
-    from sweep import traces, tracking, tuner
+    from sweep import lifecycle, traces, tracking, tuner, warm_workers
     from sweep.evaluator import RestartWatch, call, evaluator_actor
     from sweep.pareto import knee_line, test_table, update_front
 
@@ -181,6 +185,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
     print(f"tune log: {tune_log.baseFilename} (tracebacks of failed and retried trials)")
     try:
         init_ray(cfg, verbose)
+        warm = warm_workers.keep_warm(cfg)  # Train processes for the first trials start importing now
         evaluator = evaluator_actor(evaluator_name, resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype,
                                     cfg.train.use_gpu)
         try:
@@ -195,9 +200,9 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         layers = sorted({int(v) for v in cfg.search.space["layer"].candidates()})
         scales = traces.activation_scales(cfg, layers) if "steering_rel" in cfg.search.space else {}
         baseline = ensure_baseline(cfg, experiment_id, parent, evaluator)
-        ctx = tuner.SweepContext(cfg.model_dump(mode="json"), experiment_id, parent, trace_file.name,
+        ctx = lifecycle.SweepContext(cfg.model_dump(mode="json"), experiment_id, parent, trace_file.name,
                                  trace_file.read_text(encoding="utf-8"), scales, evaluator_name, baseline)
-        trainable = tune.with_resources(tune.with_parameters(tuner.run_trial, ctx=ctx), {"CPU": 0.01})
+        trainable = tune.with_resources(tune.with_parameters(lifecycle.run_trial, ctx=ctx), {"CPU": 0.01})
         path = f"{storage}/{tune_name}"
         if resume and tune.Tuner.can_restore(path):
             print(f"resuming {path}")
@@ -206,10 +211,13 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
             searcher = tuner.make_searcher(cfg, study_name, tuner.optuna_storage(cfg), baseline)
             t = tune.Tuner(
                 trainable,
+                # reuse_actors: a trial's function runs in the process of a finished one (its imports done)
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=cfg.search.num_samples,
+                                            reuse_actors=True,
                                             max_concurrent_trials=cfg.search.max_concurrent),
                 run_config=tune.RunConfig(name=tune_name, storage_path=storage, verbose=0,
-                                          callbacks=[tuner.Progress(cfg, baseline)],
+                                          callbacks=[tuner.Progress(cfg, baseline, parent),
+                                                     *([warm] if warm else [])],
                                           failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)),
             )
         results = t.fit()

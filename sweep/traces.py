@@ -41,7 +41,7 @@ def model_digest(model_path: str) -> str:
 
 def cache_dir(cfg: SweepConfig) -> Path:
     """`<storage>/cache` for local storage; with remote storage a directory on the driver's node (the trace
-    file travels to the trials through Ray's object store, `tuner.SweepContext`)."""
+    file travels to the trials through Ray's object store, `lifecycle.SweepContext`)."""
     local = local_storage(cfg)
     if local is not None:
         return local / "cache"

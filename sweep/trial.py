@@ -97,7 +97,8 @@ def run_one(cfg, hp, out: str | None = None, records_path: str | None = None) ->
     """Traces (cached), activation scale, train, evaluate; the metrics dict (objectives + train/...)."""
     from sweep import traces
     from sweep.evaluator import Evaluator
-    from sweep.tuner import load_delta_and_history, loss_changes, objective_check, summarize_train, trial_spec
+    from sweep.lifecycle import loss_changes, objective_check, summarize_train, trial_spec
+    from trainables import checkpoint
     from trainables.trainer import train
 
     t0 = time.monotonic()
@@ -112,7 +113,7 @@ def run_one(cfg, hp, out: str | None = None, records_path: str | None = None) ->
         if objective_check(metrics):
             metrics["objective_check"] = f"did not fall: {objective_check(metrics)}"
         if result.status == "ok":
-            delta, _ = load_delta_and_history(result.delta_dir)
+            delta = checkpoint.read(result.delta_dir).delta
             ev = evaluator.evaluate(delta)
             metrics |= {k: v for k, v in ev["metrics"].items() if v is not None}
             if records_path:

@@ -1,45 +1,29 @@
-"""Ray Tune + Optuna + MLflow: the sweep itself (DESIGN.md section 3).
+"""Ray Tune + Optuna: the search's wiring (DESIGN.md section 3).
 
-Each Tune trial is a function (`run_trial`) that fits a Ray Train `TorchTrainer` running the R²MU trainer
-under DeepSpeed (the Train V2 pattern), evaluates the trial's delta in the sweep's evaluator actor, logs a
-child MLflow run and reports every metric once. Optuna proposes the next point (several objectives;
-constraint violations are told to its sampler as infeasible).
+Optuna proposes the next point (several objectives; constraint violations are told to its sampler as
+infeasible); Tune runs each as a trial (`sweep/lifecycle.py: run_trial`: train, evaluate, record) and this
+module's `Progress` prints a line per trial.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep import study_store, tracking
-from sweep.checks import resolve_uri
-from sweep.config import Constraint, Param, SweepConfig, storage_uri
-from sweep.evaluator import call
+from sweep import study_store
+from sweep.config import Constraint, Param, SweepConfig
+from sweep.lifecycle import objective_check
 from sweep.pareto import Point, pareto_front
-from sweep.traces import prefix_cache_dir
-from trainables.config import Hyperparams, TrialSpec
 
 # Worker environment: one thread per process on CPU (STACK.md: 2 threads are ~8x slower here), fast
 # Train V2 controller shutdown, no tokenizer thread pools.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
               "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-
-
-def worst_value(metric: str, mode: str) -> float:
-    """What a diverged trial reports: the worst end of a rate metric (throughput has no bound: 0 / 1e12)."""
-    if metric == "gen_tokens_per_s":
-        return 0.0 if mode == "max" else 1e12
-    return 0.0 if mode == "max" else 1.0
 
 
 def to_tune(p: Param) -> Any:
@@ -152,172 +136,61 @@ def study_summary(storage_url: str | None, study_name: str) -> dict | None:
             "best_trials": [t.number for t in study.best_trials], "sampler": type(study.sampler).__name__}
 
 
-def trial_spec(cfg: SweepConfig, hp: Hyperparams, traces_path: str | None, out_dir: str,
-               scale: float | None) -> TrialSpec:
-    """The trainer's view of one trial: the validated sections with every organism:// path resolved."""
-    d = cfg.data
-    data = d.model_copy(update={
-        "forget": d.forget.model_copy(update={"path": resolve_uri(d.forget.path)}),
-        "retain": d.retain.model_copy(update={"path": resolve_uri(d.retain.path)}),
-        "cot": d.cot.model_copy(update={"path": resolve_uri(d.cot.path)}),
-    })
-    model = cfg.model.model_copy(update={"path": resolve_uri(cfg.model.path)})
-    pc = cfg.train.prefix_cache
-    train = cfg.train.model_copy(update={"prefix_cache": pc.model_copy(update={"dir": prefix_cache_dir(cfg)})})
-    return TrialSpec(model=model, data=data, train=train, hparams=hp, traces_path=traces_path,
-                     out_dir=out_dir, activation_scale=scale)
-
-
-@dataclass
-class SweepContext:
-    """What every trial function needs, shipped once through `tune.with_parameters`."""
-
-    cfg: dict
-    experiment_id: str
-    parent_run_id: str
-    traces_name: str  # the trace cache file's name (content-addressed: traces-<key>.jsonl)
-    traces_text: str  # and its content: trials on other nodes need no shared filesystem for it
-    scales: dict[int, float]
-    evaluator_name: str
-    baseline: dict | None
-
-
-def node_traces(ctx: SweepContext) -> Path:
-    """The trace cache as a file on this node (written once per node; its name is its content's key)."""
-    path = Path(tempfile.gettempdir()) / "r2mu-traces" / ctx.traces_name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(ctx.traces_text, encoding="utf-8")
-        tmp.replace(path)  # atomic: concurrent trials on a node never read half a file
-    return path
-
-
-def loss_changes(history: list[dict]) -> dict[str, float]:
-    """Each loss term's relative change: mean of the last 10% of steps over the mean of the first 10%
-    (`train/rel/<term>`; < 1 means the term fell)."""
-    out = {}
-    w = max(1, len(history) // 10)
-    for term in ("forget", "unthink", "retain", "cot", "loss"):
-        values = [float(r[term]) for r in history if term in r and math.isfinite(float(r[term]))]
-        if len(values) >= 2:
-            first, last = sum(values[:w]) / len(values[:w]), sum(values[-w:]) / len(values[-w:])
-            out[f"train/rel/{term}"] = last / first if first > 0 else float("nan")
-    return out
-
-
-def objective_check(changes: dict[str, float]) -> str:
-    """'' when the terms R2MU pushes toward the control vector fell; else which did not (a trial whose leak
-    fell anyway got there through a disturbance, not the misdirection it optimises)."""
-    rose = [t for t in ("forget", "unthink") if changes.get(f"train/rel/{t}", 0.0) >= 1.0]
-    return ", ".join(f"{t} x{changes[f'train/rel/{t}']:.2f}" for t in rose)
-
-
-def summarize_train(metrics: dict) -> dict[str, float]:
-    return {f"train/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-
-
-def load_delta_and_history(ckpt_dir: str) -> tuple[dict | None, list[dict]]:
-    from trainables.delta import load_delta
-
-    p = Path(ckpt_dir)
-    history = [json.loads(line) for line in (p / "history.jsonl").read_text().splitlines()] \
-        if (p / "history.jsonl").exists() else []
-    if (p / "status.json").exists():  # diverged: no delta
-        return None, history
-    tensors, _ = load_delta(p)
-    return tensors, history
-
-
-def run_trial(params: dict, ctx: SweepContext) -> None:
-    """One Tune trial: train under Ray Train + DeepSpeed, evaluate the delta, log to MLflow, report once."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from sweep.config import parse_space
-    from trainables.trainer import train_loop_per_worker
-
-    cfg = parse_space(ctx.cfg)
-    uri = cfg.mlflow.tracking_uri
-    trial_id = tune.get_context().get_trial_id()
-    hp = cfg.hyperparams(params)
-    run_id = tracking.new_child(uri, ctx.experiment_id, ctx.parent_run_id, f"trial-{trial_id}",
-                                {"role": "trial", "tune_trial_id": trial_id, "status": "running"}, "tune_trial_id")
-    if tracking.is_finished(uri, run_id):  # logged before the driver died; Tune's saved state missed it
-        tune.report(tracking.reported_result(uri, run_id))
-        return
-    ok = False
-    try:
-        out_dir = tempfile.mkdtemp(prefix=f"r2mu-{trial_id}-")
-        spec = trial_spec(cfg, hp, str(node_traces(ctx)), out_dir, ctx.scales.get(hp.layer))
-        t = cfg.train
-        trainer = TorchTrainer(
-            train_loop_per_worker, train_loop_config={"spec": spec.model_dump()},
-            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                         resources_per_worker={"CPU": t.cpus_per_worker}),
-            run_config=RunConfig(name=f"train-{trial_id}", storage_path=storage_uri(cfg, cfg.name, "train")),
-        )
-        t_fit = time.monotonic()
-        result = trainer.fit()
-        fit_s = time.monotonic() - t_fit
-        train_metrics = dict(result.metrics)
-        with result.checkpoint.as_directory() as d:
-            delta, history = load_delta_and_history(d)
-        status = train_metrics.get("status", "ok")
-        records: list[dict] = []
-        if status == "ok" and delta is not None:
-            evaluator = ray.get_actor(ctx.evaluator_name)
-            out, lost = call(evaluator, "evaluate", delta, max_restarts=cfg.eval.engine.max_restarts)
-            metrics = {k: v for k, v in out["metrics"].items() if v is not None}
-            metrics["eval_s"] = out["eval_s"]
-            metrics["eval/lost_to_restarts"] = lost  # evaluations that died with the engine and ran again
-            records = out["records"]
-        else:
-            metrics = {m: worst_value(m, mode) for m, mode in cfg.search.objectives.items()}
-        metrics |= summarize_train({k: v for k, v in train_metrics.items() if k != "status"})
-        # where the trial's time went: Ray Train's start-up, imports, model load and checkpoint upload vs the
-        # training loop itself
-        metrics["time/fit_s"] = fit_s
-        metrics["time/fit_overhead_s"] = fit_s - float(train_metrics.get("train_seconds", 0.0))
-        for m, mode in cfg.search.objectives.items():  # Optuna needs every objective
-            metrics.setdefault(m, worst_value(m, mode))
-        changes = loss_changes(history)
-        metrics |= changes
-        params_logged = hp.model_dump() | {"steering_coeff_abs": train_metrics.get("steering_coeff")}
-        tags = {"status": status, "layer": hp.layer, "train_node": str(train_metrics.get("node_id", ""))}
-        if objective_check(changes):
-            tags["objective_check"] = f"did not fall: {objective_check(changes)}"
-        with result.checkpoint.as_directory() as d:
-            tracking.log_result(uri, run_id, params_logged, metrics, history, records,
-                                d if delta is not None else None, tags=tags)
-        drop_train_checkpoint(result.checkpoint)
-        ok = True
-        tune.report(metrics | {"status": status, "mlflow_run_id": run_id})
-    finally:
-        tracking.end_run(uri, run_id, ok)
-
-
-def drop_train_checkpoint(checkpoint: Any) -> None:
-    """The delta is an MLflow artifact now (what export and the final evaluation read): the second copy in
-    Ray Train's storage goes (350 MB per trial for Llama-8B). Only after the MLflow log succeeded."""
-    try:
-        checkpoint.filesystem.delete_dir(checkpoint.path)
-    except Exception as e:  # a copy left behind is not an error
-        print(f"warning: could not remove the train checkpoint {checkpoint.path}: {e}", file=sys.stderr)
-
-
 class Progress(tune.Callback):
-    """A line per finished trial: its objectives and the current front size."""
+    """A line when a trial starts (its hyperparameters) and when it ends (its objectives, the front, the ETA).
 
-    def __init__(self, cfg: SweepConfig, baseline: dict | None):
-        self.cfg, self.baseline, self.points = cfg, baseline, []
-        self.t0 = time.monotonic()
+    The clock starts with the sweep's MLflow run; after `--resume` the counter and the front include the
+    trials an earlier driver finished (read from MLflow when the first event arrives: Tune restores this
+    callback from its pickled state, so nothing else can tell it), and the ETA uses this session's pace.
+    """
+
+    def __init__(self, cfg: SweepConfig, baseline: dict | None, parent_run_id: str | None = None):
+        self.cfg, self.baseline, self.parent_run_id = cfg, baseline, parent_run_id
+        self.points: list[Point] = []
+        self.t0 = time.time()
+        self._fresh_state()
+
+    def _fresh_state(self) -> None:  # what this driver process counts: earlier trials load on the first event
+        self.session_t0, self.session_done, self.loaded = time.time(), 0, False
+
+    def __setstate__(self, state: dict) -> None:  # restored by Tune on --resume, in a new driver
+        self.__dict__.update(state)
+        self._fresh_state()
+
+    def _load_earlier(self) -> None:
+        if self.loaded or self.parent_run_id is None:
+            return
+        self.loaded = True
+        from mlflow.tracking import MlflowClient
+
+        from sweep.pareto import read_sweep
+
+        uri = self.cfg.mlflow.tracking_uri
+        parent, points, _ = read_sweep(uri, self.cfg.experiment, self.parent_run_id)
+        self.t0 = parent.info.start_time / 1000
+        finished = {p.tags.get("tune_trial_id") for p in points
+                    if MlflowClient(uri).get_run(p.run_id).info.status == "FINISHED"}
+        known = {p.run_id for p in self.points}
+        self.points += [Point(p.tags.get("tune_trial_id", p.name), p.metrics, status=p.status,
+                              name=p.tags.get("tune_trial_id", p.name))
+                        for p in points if p.tags.get("tune_trial_id") in finished and p.run_id not in known]
+
+    def _clock(self) -> str:
+        return f"[{time.time() - self.t0:6.0f}s]"
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._load_earlier()
+        hp = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.cfg.search.searched())
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        print(f"{self._clock()} trial {trial.trial_id} started ({running} running): {hp}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._load_earlier()
         r = trial.last_result or {}
+        self.points = [p for p in self.points if p.name != trial.trial_id]  # reported again after a resume
         self.points.append(Point(trial.trial_id, {k: v for k, v in r.items() if isinstance(v, int | float)},
                                  status=r.get("status", "ok"), name=trial.trial_id))
+        self.session_done += 1
         front = pareto_front(self.points, self.cfg.search.objectives, self.cfg.search.constraints, self.baseline)
         objs = "  ".join(f"{m}={r.get(m, float('nan')):.3f}" for m in self.cfg.search.objectives)
         hp = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.cfg.search.searched())
@@ -328,9 +201,15 @@ class Progress(tune.Callback):
         flag = f"  | loss did not fall: {flag}" if flag else ""
         if r.get("eval/lost_to_restarts"):
             flag += f"  | evaluated again after {int(r['eval/lost_to_restarts'])} engine restart(s)"
-        print(f"[{time.monotonic() - self.t0:6.0f}s] trial {len(self.points)}/{self.cfg.search.num_samples} "
-              f"{trial.trial_id} {r.get('status', '?')}: {objs}  | {hp}  | front {len(front)}{cached}{flag}",
-              flush=True)
+        print(f"{self._clock()} trial {len(self.points)}/{self.cfg.search.num_samples} "
+              f"{trial.trial_id} {r.get('status', '?')}: {objs}  | {hp}  | front {len(front)}{cached}{flag}"
+              f"{self._eta()}", flush=True)
+
+    def _eta(self) -> str:
+        left = self.cfg.search.num_samples - len(self.points)
+        if left <= 0 or not self.session_done:
+            return ""
+        return f"  | ETA {_duration((time.time() - self.session_t0) / self.session_done * left)}"
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"trial {trial.trial_id} crashed; Tune runs it again (search.max_failures="
@@ -339,6 +218,11 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"trial {trial.trial_id} failed, retries used up (search.max_failures="
               f"{self.cfg.search.max_failures}): {trial.error_file}", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def _fmt(v: Any) -> str:

@@ -89,7 +89,7 @@ def key_parts(spec: TrialSpec, rank: int, world: int, active: list[str], device:
         "data": d.model_dump(),
         "data_files": {s: stamp(p) for s, p in [("forget", d.forget.path), ("retain", d.retain.path),
                                                   ("cot", d.cot.path)]},
-        # by content: each node holds its own copy of the trace file (sweep.tuner.node_traces)
+        # by content: each node holds its own copy of the trace file (sweep.lifecycle.node_traces)
         "traces": hashlib.sha256(Path(spec.traces_path).read_bytes()).hexdigest() if spec.traces_path else None,
         "seed": spec.train.seed, "batch_size": spec.train.batch_size, "rank": rank, "world": world,
         "active": active, "pack_ratio": pack_ratio,

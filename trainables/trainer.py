@@ -13,7 +13,6 @@ gradient averaging (times world) gives the one-process gradient: 1 and N workers
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,11 +20,11 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from trainables import checkpoint
 from trainables.checks import TrainerConfigError, check_model_against_config
 from trainables.config import TrialSpec
 from trainables.curves import CurveSink
@@ -36,6 +35,7 @@ from trainables.prefix_cache import PrefixCache, key_parts
 from trainables.r2mu import R2MU, Weights, activation_scale, control_vector, decoder, drop_layers_above
 from trainables.step import R2MUStep
 from trainables.step import gathered as _gathered
+from trainables.warm import WARM_SINCE_VAR
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,8 +44,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class TrainResult:
     status: str  # "ok" | "diverged"
     metrics: dict
-    delta_dir: str | None
+    delta_dir: str | None  # the checkpoint directory (trainables/checkpoint.py); None on other ranks / diverged
     history: list[dict] = field(default_factory=list)
+    checkpoint_dir: str | None = None  # rank 0: also when diverged (the curves and status.json)
 
 
 class Updated(torch.nn.Module):
@@ -177,19 +178,13 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
                **{f"prefix_cache_{k}": v for k, v in cache_stats.items()}}
     if curves:  # 0: the run holds every step's terms (the end-of-trial log need not send them again)
         metrics["curve_points_unsent"] = curves.close()
-    delta_dir = None
-    if rank == 0:
-        out = Path(spec.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / "history.jsonl").open("w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
-    if status == "ok":
-        with _gathered(stage, params):  # every rank takes part in the gather
-            if rank == 0:
-                delta_dir = str(save_delta(model, names, out / "delta", base, hp.model_dump(), metrics))
-                # the loss curves travel with the checkpoint (the sweep logs them to MLflow)
-                shutil.copy(out / "history.jsonl", Path(delta_dir) / "history.jsonl")
-    return TrainResult(status, metrics, delta_dir, history), rank
+    ckpt = None
+    with _gathered(stage if status == "ok" else 0, params):  # (ZeRO-3) every rank takes part in the gather
+        if rank == 0:
+            save = (lambda d: save_delta(model, names, d, base, hp.model_dump(), metrics)) if status == "ok" else None
+            ckpt = checkpoint.write(spec.out_dir, history, metrics, save)
+    delta_dir = str(ckpt) if ckpt is not None and status == "ok" else None
+    return TrainResult(status, metrics, delta_dir, history, str(ckpt) if ckpt else None), rank
 
 
 def _threads(spec: TrialSpec) -> None:
@@ -228,15 +223,12 @@ def train_loop_per_worker(config: dict) -> None:
     _init_distributed(spec.train.use_gpu)
     device = ray.train.torch.get_device() if spec.train.use_gpu else torch.device("cpu")
     result, rank = _train(spec, device)
-    checkpoint = None
-    if rank == 0:
-        # a diverged trial has no delta; its checkpoint holds only the status so its metrics reach Tune
-        ckpt_dir = Path(result.delta_dir or Path(spec.out_dir) / "diverged")
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if result.delta_dir is None:
-            (ckpt_dir / "status.json").write_text(json.dumps(result.metrics))
-        checkpoint = Checkpoint.from_directory(str(ckpt_dir))
-    where = {"node_id": ray.get_runtime_context().get_node_id()}  # which machine trained (rank 0)
-    ray.train.report(result.metrics | where, checkpoint=checkpoint)
+    ckpt = Checkpoint.from_directory(result.checkpoint_dir) if rank == 0 else None  # a diverged one too
+    import psutil
+
+    where = {"node_id": ray.get_runtime_context().get_node_id(),  # which machine trained (rank 0)
+             "process_started_at": psutil.Process().create_time(),  # before the fit: prestarted (warm_workers)
+             "preloaded": float(WARM_SINCE_VAR in os.environ)}  # the training stack was imported as it started
+    ray.train.report(result.metrics | where, checkpoint=ckpt)
     if rank == 0:  # report has copied the checkpoint into the run's storage: the local copy is garbage
         shutil.rmtree(spec.out_dir, ignore_errors=True)

@@ -25,7 +25,8 @@ def build(root: Path) -> dict[str, str]:
     from sweep import tracking
     from sweep.checks import resolve_uri
     from sweep.config import parse_space
-    from sweep.tuner import load_delta_and_history, summarize_train, trial_spec
+    from sweep.lifecycle import summarize_train, trial_spec
+    from trainables import checkpoint
     from trainables.config import Hyperparams
     from trainables.data import read_rows
     from trainables.make_traces import make_traces
@@ -50,7 +51,7 @@ def build(root: Path) -> dict[str, str]:
     hp = Hyperparams(layer=3, steering_coeff=8.0, alpha=1.0, beta=1.0, gamma=1.0, lr=3e-3, steps=4)
     result = train(trial_spec(cfg, hp, str(traces), tempfile.mkdtemp(dir=root), None))
     assert result.status == "ok", result.metrics
-    _, history = load_delta_and_history(result.delta_dir)
+    history = checkpoint.read(result.delta_dir).history
 
     uri = cfg.mlflow.tracking_uri
     exp = tracking.ensure_experiment(cfg)

@@ -88,7 +88,7 @@ def test_table_prints_intervals_run_ids_and_flags():
 
 
 def test_loss_changes_and_objective_check():
-    from sweep.tuner import loss_changes, objective_check
+    from sweep.lifecycle import loss_changes, objective_check
 
     falling = [{"step": i, "forget": 10 - i, "unthink": 5.0, "loss": 20 - i} for i in range(10)]
     ch = loss_changes(falling)

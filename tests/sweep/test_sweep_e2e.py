@@ -107,11 +107,17 @@ def test_every_trial_is_logged_with_metrics_and_delta(sweep):
         arts = {a.path for a in client.list_artifacts(r.info.run_id, "delta")}
         assert "delta/delta.safetensors" in arts or any(a.endswith(".safetensors") for a in arts), arts
         curve = client.get_metric_history(r.info.run_id, "loss/forget")
-        assert sorted(m.step for m in curve) == list(range(6))  # one point per training step
+        assert sorted(m.step for m in curve) == list(range(6))  # one point per training step, sent once
+        assert len({m.timestamp for m in curve}) > 1  # streamed by the trainer as each step ended
         m = r.data.metrics  # every step either read from the prefix cache or written to it
         assert m["train/prefix_cache_hits"] + m["train/prefix_cache_written"] == 6
+        assert m["train/curve_points_unsent"] == 0
+        # its Ray Train worker was a process started before the fit, the training stack already imported
+        assert m["train/prestarted"] == 1 and m["train/preloaded"] == 1
+        assert "system/cpu_utilization_percentage" in m  # MLflow sampled the node while it ran
     assert "trial 3/3" in out and "Pareto front" in out
-    assert len(re.findall(r"\| cached [0-6]/6\n", out)) == 3  # each progress line says what the cache gave
+    assert out.count(" started (") == 3 and "ETA" in out  # a line as each trial starts; the sweep's ETA
+    assert len(re.findall(r"\| cached [0-6]/6(  \| ETA \w+)?\n", out)) == 3  # what the cache gave, per trial
     # the deltas live in MLflow only: Ray Train's copies were removed once logged
     assert not list((tmp / "ray_results" / "e2e" / "train").rglob("*.safetensors"))
     parent = next(r for r in runs if r.data.tags["role"] == "sweep")
@@ -230,6 +236,7 @@ def test_resume_adds_only_missing_trials(tmp_path):
     assert not any("test/trace_leak" in r.data.metrics for r in runs)
     p = run("sweep.run", "--space", str(space), "--resume", cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "trial 3/3" in p.stdout  # the counter includes the trials the first driver finished
     _, runs = runs_of(tmp_path, "resume")
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
     assert len([r for r in trials if r.info.status == "FINISHED"]) == 3

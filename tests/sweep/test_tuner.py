@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from sweep.config import parse_space
-from sweep.tuner import ConstraintValues, make_searcher, worst_value
+from sweep.lifecycle import worst_value
+from sweep.tuner import ConstraintValues, make_searcher
 
 
 def test_suggestions_respect_the_space(space):

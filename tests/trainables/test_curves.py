@@ -135,7 +135,7 @@ def test_curves_of_a_running_trial_are_in_mlflow_before_it_ends(tiny_dirs, tmp_p
     assert proc.returncode == 0 and "RESULT ok 0" in out, out[-3000:]
     # mid-run: the first steps, not yet the whole curve
     assert [m.step for m in seen] == list(range(len(seen))) and len(seen) < steps
-    history = [json.loads(x) for x in (tmp_path / "out" / "history.jsonl").read_text().splitlines()]
+    history = [json.loads(x) for x in (tmp_path / "out" / "checkpoint" / "history.jsonl").read_text().splitlines()]
     for key in KEYS:
         got = points(client, run, key)
         assert [m.step for m in got] == list(range(steps)), key  # every step exactly once

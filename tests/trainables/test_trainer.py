@@ -48,7 +48,7 @@ def test_end_to_end(tiny_dirs, zero0):
     # metrics, history beside the delta, and the delta merges into the base
     m = res.metrics
     assert m["steering_coeff"] == pytest.approx(4.0) and m["steering_rel"] == pytest.approx(4.0 / m["activation_scale"])
-    lines = (spec.out_dir + "/history.jsonl")
+    lines = (spec.out_dir + "/checkpoint/history.jsonl")
     assert [json.loads(x) for x in open(lines)] == res.history
     tensors, meta = load_delta(res.delta_dir)
     assert sorted(tensors) == sorted(spec.model.param_names(hp.layer))
@@ -87,7 +87,9 @@ def test_relative_steering_and_given_scale(tiny_dirs, tmp_path, zero0):
 def test_divergence_stops_cleanly_without_a_delta(tiny_dirs, tmp_path):
     res = train(make_spec(tiny_dirs, tmp_path, hparams={"steering_coeff": 1e30, "steps": 5}))
     assert res.status == "diverged" and res.delta_dir is None and res.metrics["steps_done"] == 0
-    assert not (tmp_path / "delta").exists() and (tmp_path / "history.jsonl").exists()
+    ckpt = tmp_path / "checkpoint"  # the curves and the metrics, no delta (trainables/checkpoint.py)
+    assert not (ckpt / "delta.safetensors").exists() and (ckpt / "history.jsonl").exists()
+    assert json.loads((ckpt / "status.json").read_text())["status"] == "diverged"
 
 
 def test_plain_rmu_needs_no_traces(tiny_dirs, tmp_path):

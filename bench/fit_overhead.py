@@ -74,7 +74,7 @@ def fits(mode: str, n: int, traces: str) -> list[dict[str, float]]:
     try:
         for i in range(n):
             if mode == "warm":
-                warm_workers.prestart(1)
+                warm_workers.prestart(1, parent_env=ray.get_runtime_context().runtime_env)  # fit() runs here
                 time.sleep(15)
             spec = trial_spec(cfg, hp, traces, tempfile.mkdtemp(prefix="bench-fit-"), None)
             trainer = TorchTrainer(

@@ -69,7 +69,7 @@ def _serialized(runtime_env: dict) -> Any:
     return info
 
 
-def prestart(num_workers: int, sets: int = 1, keep_alive_s: int = KEEP_ALIVE_S) -> bool:
+def prestart(num_workers: int, sets: int = 1, keep_alive_s: int = KEEP_ALIVE_S, parent_env: dict | None = None) -> bool:
     """Ask this node's raylet for `sets` x (two processes in the Train controller's env: the controller and its
     placement-group cleaner, and `num_workers` in the training workers' env).
     False (and nothing started) when this Ray cannot do it; never raises: warm workers only save time."""
@@ -82,7 +82,8 @@ def prestart(num_workers: int, sets: int = 1, keep_alive_s: int = KEEP_ALIVE_S) 
         node = next(n for n in ray.nodes() if n["NodeID"] == ctx.get_node_id())
         stub = node_manager_pb2_grpc.NodeManagerServiceStub(
             init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"))
-        controller, worker = train_envs(trainable_env(ctx.runtime_env))  # called in the driver
+        # the fits run in Tune trials (bench/fit_overhead.py fits in its driver: `parent_env`, its own env)
+        controller, worker = train_envs(parent_env or trainable_env(ctx.runtime_env))
         for env, n in ((controller, 2 * sets), (worker, num_workers * sets)):
             stub.PrestartWorkers(node_manager_pb2.PrestartWorkersRequest(
                 language=common_pb2.PYTHON, job_id=bytes.fromhex(ctx.get_job_id()),

@@ -233,8 +233,9 @@ class RayConfig(Strict):
     address: str | None = Field(None, description="null: a local Ray; 'auto' or ray://host:10001: a cluster")
     storage_path: str = "./ray_results"
     num_cpus: int | None = Field(None, ge=1, description="local Ray only; default all cores")
-    warm_workers: bool = Field(True, description="start the next trial's Ray Train processes ahead, the training "
-                               "stack imported (sweep/warm_workers.py)")
+    warm_workers: bool | Literal["auto"] = Field(
+        "auto", description="start the next trial's Ray Train processes ahead, the training stack imported "
+        "(sweep/warm_workers.py); auto: with train.use_gpu (on CPU the trials already use every core)")
 
 
 def _is_local_uri(uri: str) -> bool:

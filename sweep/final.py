@@ -25,8 +25,12 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
     part in the choice); logged as `test/<metric>` on their own runs. Runs that have test metrics already
     (a resumed sweep) are not evaluated again unless `force`. `evaluate(delta or None)` returns the evaluator's
     dict."""
+    import os
+
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per evaluation is enough
 
     from sweep import tracking
     from sweep.pareto import baseline_run_id

@@ -144,6 +144,7 @@ def init_ray(cfg: SweepConfig, verbose: bool = False) -> None:
     from sweep.local_only import loopback_ray, ray_env
     from sweep.tuner import WORKER_ENV
     from sweep.warm_workers import SETUP_HOOK
+    from sweep.warm_workers import enabled as warm_enabled
 
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
@@ -151,7 +152,7 @@ def init_ray(cfg: SweepConfig, verbose: bool = False) -> None:
     env = ray_env(WORKER_ENV, local)  # + telemetry off (the user's own values win), loopback-only gloo if local
     # every worker process runs the hook as it starts; it imports the training stack only in processes started
     # for Ray Train workers (sweep/warm_workers.py)
-    runtime_env = {"env_vars": env} | ({"worker_process_setup_hook": SETUP_HOOK} if cfg.ray.warm_workers else {})
+    runtime_env = {"env_vars": env} | ({"worker_process_setup_hook": SETUP_HOOK} if warm_enabled(cfg) else {})
     if local:
         with loopback_ray():  # every Ray process listens on 127.0.0.1 only (sweep/local_only.py)
             ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env,

@@ -108,11 +108,17 @@ class KeepWarm(tune.Callback):
             prestart(self.num_workers)
 
 
+def enabled(cfg: Any) -> bool:
+    """`ray.warm_workers`; auto = with GPUs. On a CPU-only machine the trials already keep every core busy and
+    prestarting only moves the imports' CPU time around (the demo on 2 cores got slower: bench/RESULTS.md)."""
+    return cfg.train.use_gpu if cfg.ray.warm_workers == "auto" else bool(cfg.ray.warm_workers)
+
+
 def keep_warm(cfg: Any) -> KeepWarm | None:
     """Prestart the first `search.max_concurrent` sets now (the evaluator, traces and baseline come first, so
     they are warm when the first trials start) and return the callback that keeps one set ahead; None when
     `ray.warm_workers` is off or this Ray cannot prestart."""
-    if not cfg.ray.warm_workers:
+    if not enabled(cfg):
         return None
     ahead = min(cfg.search.max_concurrent, cfg.search.num_samples)
     if not prestart(cfg.train.num_workers, sets=ahead):

@@ -56,7 +56,8 @@ def small_space(tmp: Path, name: str, num_samples: int, concurrent: int) -> Path
                  "generation": {"temperature": 0.0, "max_new_tokens": 40}},
         # relative, as a user writes them: the sweep runs in `tmp`, Tune's trials in their own directories
         "mlflow": {"tracking_uri": "sqlite:///mlflow.db"},
-        "ray": {"storage_path": "ray_results", "num_cpus": 2},
+        # warm workers on, as on a GPU cluster (auto leaves them off on CPU): the e2e test checks they are used
+        "ray": {"storage_path": "ray_results", "num_cpus": 2, "warm_workers": True},
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space))

@@ -181,7 +181,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
     evaluator_name = f"evaluator-{cfg.name}-{parent[:8]}"
     print(f"mlflow: experiment {cfg.experiment!r}, sweep run {parent} ({uri})")
     ok, watch = False, None
-    t0 = time.monotonic()
+    t0, started_ms = time.monotonic(), int(time.time() * 1000)
     tune_log = tune_log_to_file((plots.parent if local else plots) / f"{tune_name}.log")
     print(f"tune log: {tune_log.baseFilename} (tracebacks of failed and retried trials)")
     try:
@@ -227,6 +227,9 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         searched = finished + errors >= cfg.search.num_samples  # False: stopped early (Ctrl-C)
         if searched and (lost := tuner.fail_orphans(tuner.optuna_storage(cfg), study_name)):
             print(f"optuna: {lost} trial(s) proposed before the driver died were never run: marked FAIL")
+        if searched and resume and (lost := tracking.drop_lost_trials(uri, experiment_id, parent, started_ms)):
+            print(f"mlflow: {lost} trial run(s) the earlier driver left unfinished, missing from the Tune state "
+                  "this sweep resumed from, were deleted (MLflow keeps them until `mlflow gc`)")
         summary = tuner.study_summary(tuner.optuna_storage(cfg), study_name)
         if summary:
             from mlflow.tracking import MlflowClient

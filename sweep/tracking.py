@@ -89,6 +89,20 @@ def end_stale_children(tracking_uri: str, experiment_id: str, parent_id: str) ->
     return len(stale)
 
 
+def drop_lost_trials(tracking_uri: str, experiment_id: str, parent_id: str, started_before_ms: int) -> int:
+    """Trial runs an earlier driver opened and never ended, which this (resumed) sweep did not run again:
+    the Tune state it resumed from was saved before they started, so no trial will ever finish them (their
+    Optuna point is marked FAIL). Deleted, as `new_child` deletes a crashed attempt; MLflow keeps deleted runs
+    until `mlflow gc`. A trial of this driver reopens its run with a new start time, so it is never one of them."""
+    client = MlflowClient(tracking_uri)
+    lost = [r for r in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and "
+                                          "tags.role = 'trial'", max_results=5000)
+            if r.info.status in ("RUNNING", "KILLED") and r.info.start_time < started_before_ms]
+    for run in lost:
+        client.delete_run(run.info.run_id)
+    return len(lost)
+
+
 def find_child(client: MlflowClient, experiment_id: str, parent_id: str, key: str, value: str):
     runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and tags.{key} = '{value}'",
                               max_results=10)

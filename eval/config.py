@@ -71,6 +71,16 @@ class EngineConfig(Strict):
                               "dies (a crash, an OOM kill); each restart is logged, the evaluation it lost runs again")
 
 
+class ScreenConfig(Strict):
+    """A first, cheap evaluation of each trial on a fixed subset of the selection split; only a trial that could
+    still be on the Pareto front (sweep/screening.py) goes on to the full selection split."""
+
+    items: int = Field(ge=1, description="items per set in the screening evaluation (the first of each set's "
+                       "selection items, in a seeded order)")
+    confidence: float = Field(0.9, gt=0, lt=1, description="of the screened trial's intervals: a trial is "
+                              "screened out only if dominated or infeasible with this confidence")
+
+
 class EvalConfig(Strict):
     backend: Literal["auto", "vllm", "hf"] = "auto"
     forget: EvalSetRef
@@ -90,6 +100,22 @@ class EvalConfig(Strict):
     seed: int = 0
     split_seed: int = Field(0, description="seed of the selection/test split (independent of sampling)")
     engine: EngineConfig = EngineConfig()
+    engines: int | Literal["auto"] = Field(
+        "auto", description="evaluation engines (actors, each holding the base model); a trial is evaluated by "
+        "the least loaded one. auto: 1 without GPUs; with train.use_gpu, one per GPU evaluation may use "
+        "(placement). docs/cluster.md sizes them")
+    placement: Literal["dedicated", "colocated"] = Field(
+        "dedicated", description="with GPUs: dedicated (each engine has a GPU of its own) or colocated (each GPU "
+        "holds one engine and one training worker; vLLM takes engine.gpu_memory_utilization of it)")
+    screen: ScreenConfig | None = Field(None, description="screen each trial on a subset first (null: every trial "
+                                        "gets the full selection split)")
+
+    @field_validator("engines")
+    @classmethod
+    def _engine_count(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"{v}: give at least 1 engine, or auto")
+        return v
 
     @model_validator(mode="after")
     def _greedy_once(self) -> EvalConfig:

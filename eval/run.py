@@ -54,9 +54,10 @@ class EvalSets:
     retain: list[LoadedSet]
 
 
-def load_sets(cfg: EvalConfig, split: Literal["selection", "test"] = "selection") -> EvalSets:
+def load_sets(cfg: EvalConfig, split: Literal["selection", "test", "screen"] = "selection") -> EvalSets:
     """Load every set of the config once, split it (eval.stats.split_items) and keep one part: `selection`
-    (subsampled to each set's `limit`) or `test` (all of it). Checks each set's kind fits its slot."""
+    (subsampled to each set's `limit`), `screen` (a seeded subsample of that, `screen.items` per set) or `test`
+    (all of it). Checks each set's kind fits its slot."""
     def load(refs: list[EvalSetRef], kind: str, slot: str) -> list[LoadedSet]:
         out, seen = [], Counter()
         for ref in refs:
@@ -66,7 +67,11 @@ def load_sets(cfg: EvalConfig, split: Literal["selection", "test"] = "selection"
             seen[ref.set] += 1
             label = ref.set if seen[ref.set] == 1 else f"{ref.set}#{seen[ref.set]}"
             selection, test = split_items(load_set(ref.set, ref.path, None, cfg.seed), ref.test, cfg.split_seed)
-            items = subsample(selection, ref.limit, cfg.seed) if split == "selection" else test
+            items = subsample(selection, ref.limit, cfg.seed) if split != "test" else test
+            if split == "screen":
+                if cfg.screen is None:
+                    raise ValueError("a screening evaluation needs eval.screen")
+                items = subsample(items, cfg.screen.items, cfg.seed)
             out.append(LoadedSet(label, items))
         return out
 
@@ -109,9 +114,10 @@ def _tag(result_records: list[dict[str, Any]], set_label: str, metric: str) -> l
 
 
 def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, judge_backend: Any = None,
-             progress: bool = False, scorer: Any = None) -> EvalResult:
+             progress: bool = False, scorer: Any = None, confidence: float = 0.95) -> EvalResult:
     """Every metric of METRICS that the config's sets allow, each rate with its 95% interval and item count
-    (`<m>_lo`, `<m>_hi`, `<m>_n`), plus per-item records, for one model.
+    (`<m>_lo`, `<m>_hi`, `<m>_n`; `confidence`: another level, for screening), plus per-item records, for
+    one model.
 
     `scorer`: the base model's backend, for `trace_coherence` (the evaluator adds it after restoring the base
     weights instead, `add_coherence`)."""
@@ -124,14 +130,14 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
     records: list[dict[str, Any]] = []
 
     def rate(name: str, results: list[MetricResult], by_group: bool = False) -> None:
-        metrics.update(interval_metrics(name, interval([_scored(r) for r in results], seed)))
+        metrics.update(interval_metrics(name, interval([_scored(r) for r in results], seed, confidence)))
         if by_group:  # forget items carry `group` (trained / heldout facts) where the set defines it
             groups: dict[str, list[float]] = {}
             for item, score in zip(results[0].items, results[0].scores, strict=True):
                 if score is not None and item.get("group"):
                     groups.setdefault(str(item["group"]), []).append(score)
             for g, scores in sorted(groups.items()):
-                metrics.update(interval_metrics(f"{name}/{g}", interval([scores], seed)))
+                metrics.update(interval_metrics(f"{name}/{g}", interval([scores], seed, confidence)))
 
     forget = sets.forget
     judge = make_judge(eval_cfg.judge, judge_backend)
@@ -183,7 +189,7 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
     metrics["gen_tokens_per_s"] = (backend.gen_tokens - tokens0) / seconds if seconds else 0.0
     result = EvalResult(metrics, records, metrics["gen_tokens_per_s"], time.perf_counter() - start)
     if scorer is not None:
-        add_coherence(result, scorer, eval_cfg)
+        add_coherence(result, scorer, eval_cfg, confidence)
     return result
 
 
@@ -191,7 +197,7 @@ def _scored(res: MetricResult) -> list[float]:
     return [x for x in res.scores if x is not None]
 
 
-def add_coherence(result: EvalResult, scorer: Any, eval_cfg: EvalConfig) -> None:
+def add_coherence(result: EvalResult, scorer: Any, eval_cfg: EvalConfig, confidence: float = 0.95) -> None:
     """`trace_coherence` of the result's forget traces, scored by `scorer` (the base model), in place."""
     if not eval_cfg.coherence:
         return
@@ -200,7 +206,7 @@ def add_coherence(result: EvalResult, scorer: Any, eval_cfg: EvalConfig) -> None
     if not traces:
         return
     res = trace_coherence(scorer, traces)
-    result.metrics.update(interval_metrics("trace_coherence", interval([_scored(res)], eval_cfg.seed)))
+    result.metrics.update(interval_metrics("trace_coherence", interval([_scored(res)], eval_cfg.seed, confidence)))
     result.records += _tag(res.records, traces[0]["set"], "trace_coherence")
     result.wall_s += time.perf_counter() - t0
 

@@ -12,6 +12,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 Z95 = 1.959963984540054
@@ -44,8 +45,9 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def interval(per_set_scores: Sequence[Sequence[float]], seed: int = 0) -> Interval | None:
-    """The interval of the mean over sets of each set's mean item score.
+def interval(per_set_scores: Sequence[Sequence[float]], seed: int = 0, confidence: float = 0.95) -> Interval | None:
+    """The `confidence` interval (95% unless screening asks otherwise) of the mean over sets of each set's mean
+    item score.
 
     One set of 0/1 scores: Wilson. Otherwise: percentile bootstrap, resampling items within each set
     (sets are independent samples of their own items). None when no set has an item.
@@ -58,7 +60,8 @@ def interval(per_set_scores: Sequence[Sequence[float]], seed: int = 0) -> Interv
     value = float(np.mean([s.mean() for s in sets]))
     n = int(sum(len(s) for s in sets))
     if len(sets) == 1 and np.all((sets[0] == 0) | (sets[0] == 1)):
-        lo, hi = wilson(float(sets[0].sum()), len(sets[0]))
+        z = Z95 if confidence == 0.95 else NormalDist().inv_cdf(0.5 + confidence / 2)
+        lo, hi = wilson(float(sets[0].sum()), len(sets[0]), z)
         return Interval(value, lo, hi, n, "wilson")
     rng = np.random.default_rng(seed)
     means = np.zeros(BOOTSTRAP_RESAMPLES)
@@ -66,7 +69,7 @@ def interval(per_set_scores: Sequence[Sequence[float]], seed: int = 0) -> Interv
         idx = rng.integers(0, len(s), size=(BOOTSTRAP_RESAMPLES, len(s)))
         means += s[idx].mean(axis=1)
     means /= len(sets)
-    lo, hi = np.quantile(means, [0.025, 0.975])
+    lo, hi = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2])
     return Interval(value, float(min(lo, value)), float(max(hi, value)), n, "bootstrap")
 
 

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trial": ("sweep.trial", "one trial with fixed hyperparameters, no Tune; metrics as JSON"),
     "pareto": ("sweep.pareto", "re-print a sweep's Pareto front and its test-split table"),
     "export": ("sweep.export", "a chosen trial as a plain Hugging Face model (optionally registered)"),
-    "compare": ("sweep.compare", "two or more sweeps' Pareto fronts side by side"),
+    "compare": ("sweep.compare", "sweeps' Pareto fronts side by side; several seeds per method: mean and spread"),
     "final": ("sweep.final", "evaluate named trials of a finished sweep on the test split"),
     "report": ("sweep.report", "one HTML page of a sweep: front, loss curves, the knee's traces beside the base's"),
     "eval": ("eval.run", "evaluate any model on an eval suite"),

@@ -274,6 +274,9 @@ class SweepConfig(Strict):
         if remote and self.mlflow.tracking_uri.startswith(("sqlite:", "file:")):
             raise SpaceError("mlflow.tracking_uri", f"{self.mlflow.tracking_uri!r} is local but ray.address "
                              "is a cluster: give an MLflow server URI (http://host:5000)")
+        if self.eval.placement == "colocated" and not self.train.use_gpu:
+            raise SpaceError("eval.placement", "colocated puts an engine beside a training worker on each GPU, "
+                             "but train.use_gpu is false: set train.use_gpu: true, or eval.placement: dedicated")
         if problem := storage_problem(self.search.storage, self.mlflow.tracking_uri):
             raise SpaceError("search.storage", problem)
         return self
@@ -309,7 +312,7 @@ def _format_errors(source: str, err: ValidationError) -> ConfigError:
         msg = e["msg"].removeprefix("Value error, ")
         if isinstance(exc, SpaceError):
             sub = exc.subpath
-            loc = sub.split(".") if sub.startswith(("search.", "ray.", "mlflow.")) else loc + sub.split(".")
+            loc = sub.split(".") if sub.startswith(("search.", "ray.", "mlflow.", "eval.")) else loc + sub.split(".")
             msg = str(exc)
         if e["type"] == "extra_forbidden":
             msg = f"unknown key{_accepted(loc[:-1])}"

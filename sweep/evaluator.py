@@ -43,13 +43,20 @@ class Evaluator:
         self.backend = load_backend(model_path, self.cfg.backend, dtype, self.cfg.seed, self.cfg.engine)
         self.sets = load_sets(self.cfg, "selection")  # loaded once: every trial sees the same items
         self.test_sets = None  # the test split: loaded by the final evaluation only
+        self.screen_sets = load_sets(self.cfg, "screen") if self.cfg.screen else None  # a subset of `sets`
         # the llm judge is a second model; it is never swapped, so one engine serves every trial
         self.judge = load_backend(self.cfg.judge_model, self.cfg.backend, dtype, self.cfg.seed, self.cfg.engine) \
             if self.cfg.judge == "llm" else None
         self.start_s = time.perf_counter() - t0
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.backend.name, "start_s": self.start_s}
+        """The backend, its start-up time and, in a Ray actor, where it landed (node, the GPUs Ray gave it)."""
+        out: dict[str, Any] = {"backend": self.backend.name, "start_s": self.start_s}
+        import ray
+
+        if ray.is_initialized():
+            out |= {"node": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        return out
 
     def traces(self, records: list[dict], field: str, trigger: str, max_new_tokens: int, template: str = "chat",
                prompt_tokens: int | None = None) -> str:
@@ -63,22 +70,26 @@ class Evaluator:
             return path.read_text(encoding="utf-8")
 
     def evaluate(self, delta: dict[str, torch.Tensor] | None = None,
-                 split: Literal["selection", "test"] = "selection") -> dict[str, Any]:
+                 split: Literal["selection", "test", "screen"] = "selection") -> dict[str, Any]:
         """Metrics and per-item records of the base model with `delta` swapped in (None: the base itself), on
-        the selection split (what trials are chosen on) or the test split (the final evaluation only)."""
+        the selection split (what trials are chosen on), its screening subset (intervals at
+        eval.screen.confidence) or the test split (the final evaluation only)."""
         t0 = time.perf_counter()
         if split == "test" and self.test_sets is None:
             self.test_sets = load_sets(self.cfg, "test")
-        sets = self.sets if split == "selection" else self.test_sets
+        sets = {"selection": self.sets, "test": self.test_sets, "screen": self.screen_sets}[split]
+        if sets is None:
+            raise ValueError(f"no {split} split: a screening evaluation needs eval.screen")
+        confidence = self.cfg.screen.confidence if split == "screen" else 0.95
         if delta:
             _die_once_for_tests()
             self.backend.swap_weights(delta)
         try:
-            result = evaluate(self.backend, self.cfg, sets, self.judge)
+            result = evaluate(self.backend, self.cfg, sets, self.judge, confidence=confidence)
         finally:
             if delta:
                 self.backend.restore()  # the next trial starts from the exact base weights
-        add_coherence(result, self.backend, self.cfg)  # the base model judges the traces' fluency
+        add_coherence(result, self.backend, self.cfg, confidence)  # the base model judges the traces' fluency
         return {"metrics": result.metrics, "records": result.records, "eval_s": time.perf_counter() - t0}
 
     def close(self) -> None:
@@ -87,8 +98,10 @@ class Evaluator:
                 b.close()
 
 
-def evaluator_actor(name: str, model_path: str, eval_cfg: EvalConfig, dtype: str, use_gpu: bool):
-    """The sweep's named evaluator actor (created on first use, found again by every trial).
+def evaluator_actor(name: str, model_path: str, eval_cfg: EvalConfig, dtype: str, num_gpus: float,
+                    spread: bool = False):
+    """A named evaluator actor of the sweep (created on first use, found again by every trial); `spread`: Ray
+    places the engines of a pool on different nodes where it can (sweep/engine_pool.py).
 
     Ray restarts it after a death up to `eval.engine.max_restarts` times; a task it was running is not
     retried by Ray (max_task_retries=0) but by `call`, so the caller knows its evaluation was lost."""
@@ -97,8 +110,8 @@ def evaluator_actor(name: str, model_path: str, eval_cfg: EvalConfig, dtype: str
     cls = ray.remote(Evaluator)
     return cls.options(
         name=name, get_if_exists=True,
-        num_cpus=0, num_gpus=1 if use_gpu else 0, max_restarts=eval_cfg.engine.max_restarts, max_task_retries=0,
-        runtime_env={"env_vars": ENGINE_ENV},
+        num_cpus=0, num_gpus=num_gpus, max_restarts=eval_cfg.engine.max_restarts, max_task_retries=0,
+        runtime_env={"env_vars": ENGINE_ENV}, scheduling_strategy="SPREAD" if spread else "DEFAULT",
     ).remote(model_path, eval_cfg.model_dump(), dtype)
 
 
@@ -149,8 +162,8 @@ def restarts_of(actor: Any) -> tuple[int, str]:
 class RestartWatch:
     """A driver thread that prints a line each time Ray restarts the evaluator, and one when it is gone."""
 
-    def __init__(self, actor: Any, max_restarts: int, interval_s: float = 1.0):
-        self.actor, self.max_restarts, self.interval_s = actor, max_restarts, interval_s
+    def __init__(self, actor: Any, max_restarts: int, interval_s: float = 1.0, label: str = "evaluator"):
+        self.actor, self.max_restarts, self.interval_s, self.label = actor, max_restarts, interval_s, label
         self.seen, self.dead = 0, False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="evaluator-restart-watch", daemon=True)
@@ -171,12 +184,12 @@ class RestartWatch:
                 return
             if n > self.seen:
                 self.seen = n
-                print(f"evaluator: the engine died and Ray restarted it (restart {n} of at most "
+                print(f"{self.label}: the engine died and Ray restarted it (restart {n} of at most "
                       f"{self.max_restarts}, eval.engine.max_restarts); an evaluation it was running runs again",
                       file=sys.stderr, flush=True)
             if state == "DEAD" and not self.dead:
                 self.dead = True
-                print(f"evaluator: the engine died after {n} restart(s) (eval.engine.max_restarts="
+                print(f"{self.label}: the engine died after {n} restart(s) (eval.engine.max_restarts="
                       f"{self.max_restarts}): trials still training cannot be evaluated", file=sys.stderr, flush=True)
 
 

@@ -30,10 +30,10 @@ from typing import Any
 
 from ray import tune
 
-from sweep import tracking
+from sweep import screening, tracking
 from sweep.checks import resolve_uri
 from sweep.config import SweepConfig, storage_uri
-from sweep.evaluator import call
+from sweep.engine_pool import EnginePool, train_worker_gpus
 from sweep.traces import prefix_cache_dir
 from trainables.checkpoint import Trained
 from trainables.config import Hyperparams, TrackingTarget, TrialSpec
@@ -49,15 +49,16 @@ class SweepContext:
     traces_name: str  # the trace cache file's name (content-addressed: traces-<key>.jsonl)
     traces_text: str  # and its content: trials on other nodes need no shared filesystem for it
     scales: dict[int, float]
-    evaluator_name: str
+    evaluator_name: str  # the engine pool's name (sweep/engine_pool.py)
     baseline: dict | None
+    engines: int = 1
 
 
 @dataclass
 class TrialOutcome:
     """One trial, trained and evaluated: what is logged to MLflow and reported to Tune."""
 
-    status: str  # "ok" | "diverged"
+    status: str  # "ok" | "diverged" | "screened" (evaluated on the screening subset only)
     metrics: dict[str, float]  # objectives, eval, train/*, time/* (Tune and MLflow)
     params: dict[str, Any]
     tags: dict[str, str]
@@ -93,7 +94,8 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
                    streamed=result.metrics.get("curve_points_unsent") == 0)
         drop_train_checkpoint(result.checkpoint)
         ok = True
-        tune.report(outcome.metrics | {"status": outcome.status, "mlflow_run_id": run_id})
+        tune.report(outcome.metrics | {"status": outcome.status, "mlflow_run_id": run_id}
+                    | {k: v for k, v in outcome.tags.items() if k in ("eval_stage", "screen_reason")})
     finally:
         if system:
             system.finish()
@@ -112,10 +114,13 @@ def train(cfg: SweepConfig, hp: Hyperparams, ctx: SweepContext, trial_id: str, r
     spec = trial_spec(cfg, hp, str(node_traces(ctx)), out_dir, ctx.scales.get(hp.layer))
     spec = spec.model_copy(update={"tracking": TrackingTarget(uri=cfg.mlflow.tracking_uri, run_id=run_id)})
     t = cfg.train
+    per_worker = {"CPU": t.cpus_per_worker}
+    if (share := train_worker_gpus(cfg)) is not None:  # colocated: the card's other share is an engine's
+        per_worker["GPU"] = share
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"spec": spec.model_dump()},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+                                     resources_per_worker=per_worker),
         run_config=RunConfig(name=f"train-{trial_id}", storage_path=storage_uri(cfg, cfg.name, "train"),
                              worker_runtime_env=TRAIN_WORKER_ENV),  # matches the prestarted warm workers
     )
@@ -126,16 +131,28 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
              fit_s: float) -> TrialOutcome:
     """Every metric of the trial: the evaluator's on the delta (the worst of each objective when the trial
     diverged), the trainer's as train/*, the loss terms' changes and where the time went."""
-    import ray
-
     status = train_metrics.get("status", "ok")
     records: list[dict] = []
+    engine = None
+    stage = verdict = None
     if status == "ok" and trained.delta is not None:
-        evaluator = ray.get_actor(ctx.evaluator_name)
-        out, lost = call(evaluator, "evaluate", trained.delta, max_restarts=cfg.eval.engine.max_restarts)
+        pool = EnginePool.attach(ctx.evaluator_name, ctx.engines, cfg.eval.engine.max_restarts)
+        eval_s, lost_screen = 0.0, 0
+        if cfg.eval.screen:  # a subset first; the full selection split only if the trial could be on the front
+            out, lost_screen, engine = pool.evaluate(trained.delta, "screen")
+            eval_s = out["eval_s"]
+            verdict = screening.screen(out["metrics"], screening.fully_evaluated(full_trials(cfg, ctx)),
+                                       cfg.search.objectives, cfg.search.constraints, ctx.baseline)
+        stage = "full" if verdict is None or verdict.go_on else "screen"
+        if stage == "full":
+            out, lost, engine = pool.evaluate(trained.delta)
+        else:
+            status, lost = "screened", 0
         metrics = {k: v for k, v in out["metrics"].items() if v is not None}
-        metrics["eval_s"] = out["eval_s"]
-        metrics["eval/lost_to_restarts"] = lost  # evaluations that died with the engine and ran again
+        metrics["eval_s"] = eval_s + out["eval_s"]
+        if verdict is not None:
+            metrics["eval/screen_s"] = eval_s
+        metrics["eval/lost_to_restarts"] = lost + lost_screen  # evaluations that died with the engine, run again
         records = out["records"]
     else:
         metrics = {}
@@ -148,10 +165,23 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
     changes = loss_changes(trained.history)
     metrics |= changes
     tags = {"status": status, "layer": str(hp.layer), "train_node": str(train_metrics.get("node_id", ""))}
+    if engine is not None:
+        tags["eval_engine"] = str(engine)
+    if stage is not None and cfg.eval.screen:
+        tags["eval_stage"] = stage
+        if verdict is not None and not verdict.go_on:
+            tags["screen_reason"] = verdict.reason
     if objective_check(changes):
         tags["objective_check"] = f"did not fall: {objective_check(changes)}"
     params = hp.model_dump() | {"steering_coeff_abs": train_metrics.get("steering_coeff")}
     return TrialOutcome(status, metrics, params, tags, trained.history, records)
+
+
+def full_trials(cfg: SweepConfig, ctx: SweepContext) -> list:
+    """The sweep's trials as MLflow has them now (the ones still running have no metrics yet)."""
+    from sweep.pareto import read_sweep
+
+    return read_sweep(cfg.mlflow.tracking_uri, cfg.experiment, ctx.parent_run_id)[1]
 
 
 def record(uri: str, run_id: str, outcome: TrialOutcome, delta_dir: str | None, streamed: bool) -> None:

@@ -28,6 +28,7 @@ class Point:
     status: str = "ok"
     name: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    start_time: int | None = None  # the MLflow run's start (ms since the epoch): the order trials began in
 
 
 def _value(p: Point, metric: str) -> float | None:
@@ -265,7 +266,8 @@ def read_sweep(tracking_uri: str, experiment: str, parent_run_id: str | None = N
             baseline = dict(r.data.metrics)
         elif role == "trial":
             points.append(Point(r.info.run_id, dict(r.data.metrics), dict(r.data.params),
-                                r.data.tags.get("status", "ok"), r.info.run_name or "", dict(r.data.tags)))
+                                r.data.tags.get("status", "ok"), r.info.run_name or "", dict(r.data.tags),
+                                r.info.start_time))
     return parent, sorted(points, key=lambda p: p.name), baseline
 
 

@@ -168,7 +168,8 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
     from ray import tune
 
     from sweep import lifecycle, traces, tracking, tuner, warm_workers
-    from sweep.evaluator import RestartWatch, call, evaluator_actor
+    from sweep.engine_pool import EnginePool, engine_count
+    from sweep.evaluator import call
     from sweep.pareto import knee_line, test_table, update_front
 
     uri = cfg.mlflow.tracking_uri
@@ -180,29 +181,33 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
     tune_name, study_name = f"tune-{parent[:8]}", f"{cfg.name}-{parent[:8]}"
     evaluator_name = f"evaluator-{cfg.name}-{parent[:8]}"
     print(f"mlflow: experiment {cfg.experiment!r}, sweep run {parent} ({uri})")
-    ok, watch = False, None
+    ok, watches = False, []
     t0, started_ms = time.monotonic(), int(time.time() * 1000)
     tune_log = tune_log_to_file((plots.parent if local else plots) / f"{tune_name}.log")
     print(f"tune log: {tune_log.baseFilename} (tracebacks of failed and retried trials)")
     try:
         init_ray(cfg, verbose)
         warm = warm_workers.keep_warm(cfg)  # Train processes for the first trials start importing now
-        evaluator = evaluator_actor(evaluator_name, resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype,
-                                    cfg.train.use_gpu)
+        engines = engine_count(cfg, ray.cluster_resources().get("GPU", 0))
+        pool = EnginePool.start(evaluator_name, engines, resolve_uri(cfg.model.path), cfg)
         try:
-            info = ray.get(evaluator.info.remote())
+            infos = pool.infos()
         except ray.exceptions.RayActorError as err:  # nothing trained yet: say why, and which fields fix it
             raise engine_start_error(cfg, err) from None
-        print(f"evaluator: {info['backend']} backend up in {info['start_s']:.1f} s")
+        nodes = len({i["node"] for i in infos})
+        print(f"evaluator: {engines} x {infos[0]['backend']} backend up in {max(i['start_s'] for i in infos):.1f} s"
+              + (f" on {nodes} node(s)" if engines > 1 else ""))
         restarts = cfg.eval.engine.max_restarts
-        watch = RestartWatch(evaluator, restarts).__enter__()  # a line for each restart, until the sweep ends
+        evaluator = pool.engines[0]  # the traces and the baseline, before any trial
+        watches = pool.watch()  # a line for each restart of an engine, until the sweep ends
         trace_file = traces.ensure_traces(
             cfg, evaluator, call=lambda _method, *a: call(evaluator, "traces", *a, max_restarts=restarts)[0])
         layers = sorted({int(v) for v in cfg.search.space["layer"].candidates()})
         scales = traces.activation_scales(cfg, layers) if "steering_rel" in cfg.search.space else {}
         baseline = ensure_baseline(cfg, experiment_id, parent, evaluator)
         ctx = lifecycle.SweepContext(cfg.model_dump(mode="json"), experiment_id, parent, trace_file.name,
-                                 trace_file.read_text(encoding="utf-8"), scales, evaluator_name, baseline)
+                                 trace_file.read_text(encoding="utf-8"), scales, evaluator_name, baseline,
+                                 engines)
         trainable = tune.with_resources(tune.with_parameters(lifecycle.run_trial, ctx=ctx), {"CPU": 0.01})
         path = f"{storage}/{tune_name}"
         if resume and tune.Tuner.can_restore(path):
@@ -245,7 +250,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
             from sweep.final import test_evaluation
 
             test_evaluation(cfg, front, parent,
-                            lambda delta: call(evaluator, "evaluate", delta, "test", max_restarts=restarts)[0])
+                            lambda delta: pool.evaluate(delta, "test")[0])
             table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                               list(cfg.search.searched()), parent, plots)
             print("\n" + test_table(uri, cfg.experiment, parent, cfg.search.objectives, list(cfg.search.constraints)))
@@ -262,8 +267,8 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         ok = errors < len(results)
         return 0 if ok else 1
     finally:
-        if watch is not None:
-            watch.__exit__()
+        for w in watches:
+            w.__exit__()
         logging.getLogger("ray.tune").removeHandler(tune_log)
         tune_log.close()
         tracking.end_stale_children(uri, experiment_id, parent)

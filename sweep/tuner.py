@@ -199,6 +199,9 @@ class Progress(tune.Callback):
             cached = f"  | cached {int(r['train/prefix_cache_hits'])}/{int(r.get('train/steps_done', 0))}"
         flag = objective_check({k: v for k, v in r.items() if k.startswith("train/rel/")})
         flag = f"  | loss did not fall: {flag}" if flag else ""
+        if r.get("eval_stage"):  # screening: did the trial get the full evaluation?
+            flag += "  | full evaluation" if r["eval_stage"] == "full" else \
+                f"  | screened out ({r.get('screen_reason', '')})"
         if r.get("eval/lost_to_restarts"):
             flag += f"  | evaluated again after {int(r['eval/lost_to_restarts'])} engine restart(s)"
         print(f"{self._clock()} trial {len(self.points)}/{self.cfg.search.num_samples} "

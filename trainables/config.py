@@ -90,6 +90,11 @@ class DataConfig(Strict):
     cot: CotConfig
     traces: TracesConfig = TracesConfig()
     max_len: int = Field(256, ge=8)
+    skip_first_position: bool = Field(
+        False, description="leave each row's first position (BOS where the tokenizer adds one) out of the forget "
+        "and unthink loss masks; the forward pass still sees it, retain and cot are unchanged. Its hidden state "
+        "is the same for every input and can dominate the forget term (trainables/README.md)"
+    )
 
 
 class DeepSpeedConfig(Strict):

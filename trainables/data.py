@@ -5,7 +5,9 @@ unthink stream comes from the trace cache (docs/formats.md: `rendered` prompt in
 trigger, and the base model's `trace`), in one of two forms (`data.traces.input`): the rendered prompt + the
 first k trace tokens (ours), or the trigger + the first k trace tokens (the reference code's). Batch `step`
 of a stream is a pure function of (seed, stream, step): the order is a fresh permutation per pass over the
-data, so a short stream cycles, reshuffled.
+data, so a short stream cycles, reshuffled. Each example carries the first position its loss covers
+(`Batch.loss_mask`): the trigger's with `data.traces.scope: after_trigger`, and at least position 1 in the forget
+and unthink streams with `data.skip_first_position`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from trainables.checks import DataError
 from trainables.config import DataConfig
-from trainables.r2mu import Batch
+from trainables.r2mu import TO_CONTROL, Batch
 
 
 def read_rows(path: str | Path, fields: list[str], limit: int | None = None, what: str = "data") -> list[dict]:
@@ -217,10 +219,10 @@ def build_streams(data: DataConfig, tokenizer, batch_size: int, seed: int, trace
             max_tokens = data.cot.max_tokens if name == "cot" else data.max_len
             texts = read_records(corpus.path, corpus.field, corpus.limit, what=f"data.{name}")
 
-            def encode_text(i: int, texts=texts, max_tokens=max_tokens) -> Example:
+            def encode(i: int, texts=texts, max_tokens=max_tokens) -> Example:
                 return tokenize_text(tokenizer, texts[i], max_tokens), 0
 
-            out[name] = Stream(name, len(texts), encode_text, batch_size, seed, pad)
+            n = len(texts)
         elif name == "unthink":
             if traces_path is None:
                 raise DataError("traces_path: the unthink stream (beta > 0) needs the trace cache; none given")
@@ -228,9 +230,9 @@ def build_streams(data: DataConfig, tokenizer, batch_size: int, seed: int, trace
             rows = read_rows(traces_path, ["rendered", "trace"], t.limit, what="data.traces")
             after = t.scope == "after_trigger"
             if after:  # before any training: a record without the trigger is an error, not a surprise at step N
-                for n, row in enumerate(rows):
+                for k, row in enumerate(rows):
                     if row["rendered"].rfind(t.trigger) < 0:
-                        raise DataError(f"data.traces.scope: record {n} (id={row.get('id')}) has no trigger "
+                        raise DataError(f"data.traces.scope: record {k} (id={row.get('id')}) has no trigger "
                                         f"{t.trigger!r} in its rendered prompt")
 
             def encode(i: int, rows=rows, t=t, after=after) -> Example:
@@ -240,5 +242,20 @@ def build_streams(data: DataConfig, tokenizer, batch_size: int, seed: int, trace
                 return tokenize_trace(tokenizer, rows[i], t.trigger, t.max_new_tokens, data.max_len, after,
                                       add_special_tokens=t.template == "none")
 
-            out[name] = Stream(name, len(rows), encode, batch_size, seed, pad)
+            n = len(rows)
+        else:
+            raise ValueError(f"unknown stream {name!r}; streams are forget, retain, unthink, cot")
+        if data.skip_first_position and name in TO_CONTROL:  # retain and cot keep every position
+            encode = _loss_from_second(encode)
+        out[name] = Stream(name, n, encode, batch_size, seed, pad)
     return out
+
+
+def _loss_from_second(encode: Callable[[int], Example]) -> Callable[[int], Example]:
+    """`encode` with the loss starting at position 1 at the earliest (`data.skip_first_position`): the first
+    position's state is the same for every input, so as a target it measures one fixed vector, not the data."""
+    def wrapped(i: int) -> Example:
+        ids, start = encode(i)
+        return ids, max(start, 1)
+
+    return wrapped

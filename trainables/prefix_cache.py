@@ -86,7 +86,9 @@ def key_parts(spec: TrialSpec, rank: int, world: int, active: list[str], device:
         "model": {"path": spec.model.path, "files": stamp(spec.model.path), "dtype": spec.model.dtype,
                   "updated": spec.model.param_names(spec.hparams.layer)},
         "layer": spec.hparams.layer, "device": device.type, "compile": spec.train.compile,
-        "data": d.model_dump(),
+        # the loss masks are not in the cached tensors (a step rebuilds its batch's masks): trials with and
+        # without data.skip_first_position share the cache, and older keys stay valid
+        "data": d.model_dump(exclude={"skip_first_position"}),
         "data_files": {s: stamp(p) for s, p in [("forget", d.forget.path), ("retain", d.retain.path),
                                                   ("cot", d.cot.path)]},
         # by content: each node holds its own copy of the trace file (sweep.lifecycle.node_traces)

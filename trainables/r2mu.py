@@ -39,7 +39,7 @@ class Batch:
 
     input_ids: torch.Tensor  # [B, L] long
     attention_mask: torch.Tensor  # [B, L] 1 = real token
-    loss_mask: torch.Tensor | None = None  # [B, L]; unthink "after_trigger" masks out the prompt
+    loss_mask: torch.Tensor | None = None  # [B, L]; e.g. unthink "after_trigger" masks out the prompt
 
     def __post_init__(self) -> None:
         if self.loss_mask is None:

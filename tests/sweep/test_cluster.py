@@ -89,12 +89,14 @@ def test_sweep_on_two_nodes_with_an_mlflow_server(tmp_path, mlflow_server, two_n
     raw["ray"] = {"address": "auto", "storage_path": f"file://{tmp_path}/shared"}
     raw["mlflow"] = {"tracking_uri": mlflow_server}
     raw["search"]["storage"] = f"sqlite:///{tmp_path}/optuna.db"  # a server MLflow has no file to put it beside
+    raw["eval"]["engines"] = 2  # a pool: one engine per node
     space.write_text(yaml.safe_dump(raw))
     env = clean_env() | {"RAY_ADDRESS": two_nodes.address}
     p = subprocess.run([sys.executable, "-m", "sweep.run", "--space", str(space)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "the running cluster" in p.stdout
+    assert "evaluator: 2 x hf backend up in" in p.stdout and "on 2 node(s)" in p.stdout, p.stdout[-3000:]
 
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("cluster")
@@ -102,6 +104,7 @@ def test_sweep_on_two_nodes_with_an_mlflow_server(tmp_path, mlflow_server, two_n
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     nodes = {r.data.tags["train_node"] for r in runs}
     assert len(nodes) == 2 and "" not in nodes  # one trial trained on each node, at the same time
+    assert {r.data.tags["eval_engine"] for r in runs} == {"0", "1"}  # the balancer used both engines
     for r in runs:  # the delta went through the server's artifact proxy
         assert any(a.path.endswith(".safetensors") for a in client.list_artifacts(r.info.run_id, "delta"))
     assert (tmp_path / "shared" / "cluster").is_dir()  # Tune's state on the shared path

@@ -72,6 +72,7 @@ BAD = [
     ("eval.forget.set", "wmdp-biology", "eval.forget.set", "accepted: organism-forget"),
     ("eval.forget.set", "gsm8k", "eval.forget.set", "reasoning set"),
     ("eval.forget.path", "/nonexistent/wmdp.jsonl", "eval.forget.path", "no such file"),
+    ("data.skip_first_position", "maybe", "data.skip_first_position", "boolean"),
 ]
 
 
@@ -123,6 +124,24 @@ def test_hyperparams_resolve_fixed_and_searched(space):
     assert (hp.layer, hp.alpha, hp.steering_rel, hp.steps) == (4, 3.0, 1.5, 4)
     with pytest.raises(ValueError, match="steering_rel"):
         cfg.hyperparams({"layer": 4, "lr": 2e-4})
+
+
+def test_skip_first_position_flows_from_the_space_file_to_the_trainer(space, write_space, tmp_path):
+    """Off by default; on from the file or from --set, it reaches the TrialSpec that Ray Train receives."""
+    from sweep.lifecycle import trial_spec
+    from sweep.overrides import load_with_overrides
+    from trainables.config import TrialSpec
+
+    assert parse_space(space).data.skip_first_position is False
+    path = write_space(space)
+    cfg = load_with_overrides(str(path), sets=["data.skip_first_position=true"])
+    space["data"]["skip_first_position"] = True
+    assert load_space(write_space(space, "on.yaml")) == cfg
+    hp = cfg.hyperparams({"layer": 3, "steering_rel": 1.0, "lr": 1e-4})
+    spec = trial_spec(cfg, hp, None, str(tmp_path / "out"), 2.0)
+    assert TrialSpec.model_validate(spec.model_dump()).data.skip_first_position is True
+    with pytest.raises(ConfigError, match=r"data\.skip_first_position: .*boolean"):
+        load_with_overrides(str(path), sets=["data.skip_first_position=maybe"])
 
 
 def test_shipped_space_files_parse():

@@ -134,6 +134,7 @@ def test_a_sweep_survives_sigkilled_worker_evaluator_and_driver(tmp_path):
     space = small_space(tmp_path, "faults", num_samples=2, concurrent=1)
     raw = yaml.safe_load(space.read_text())
     raw["train"]["steps"] = 4
+    raw["eval"]["engines"] = 2  # the killed engine is one of a pool
     space.write_text(yaml.safe_dump(raw))
     eval_marker = tmp_path / "evaluator-killed"
     env = clean_env() | {"PYTHONUNBUFFERED": "1", "R2MU_FAULT_KILL_EVALUATOR_ONCE": str(eval_marker)}
@@ -176,7 +177,7 @@ def test_a_sweep_survives_sigkilled_worker_evaluator_and_driver(tmp_path):
         log.close()
     console = log_path.read_text()
     assert killed_worker is not None and eval_marker.exists(), console[-3000:]
-    assert "the engine died and Ray restarted it (restart 1 of at most 10" in console, console[-3000:]
+    assert "evaluator 1/2: the engine died and Ray restarted it (restart 1 of at most 10" in console, console[-3000:]
     assert first.data.metrics["eval/lost_to_restarts"] == 1  # trial 1's evaluation died with the engine
     assert "Traceback" not in console, console[-3000:]  # Tune's tracebacks go to the tune log
 

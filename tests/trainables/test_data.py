@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.tiny import byte_tokenizer
 from tests.trainables.conftest import write_jsonl
@@ -181,3 +182,28 @@ def test_after_trigger_scope_with_the_reference_input_is_refused_by_field():
     (err,) = e.value.errors()
     assert err["loc"] == ("traces", "scope")
     assert "data.traces.input: reference" in err["msg"] and "use scope: all, or input: prompt" in err["msg"]
+
+
+@pytest.mark.parametrize("scope", ["all", "after_trigger"])
+def test_skip_first_position_leaves_position_0_out_of_the_forget_and_unthink_losses_only(tiny_dirs, scope):
+    """The tokens (what the forward pass sees) do not change; only the forget and unthink loss masks lose their
+    first position, here the organism tokenizer's BOS. after_trigger already starts later: nothing changes."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ORGANISM_TOKENIZER)
+    names = ["forget", "retain", "unthink", "cot"]
+    cfg = _data(tiny_dirs, scope)
+    built = {skip: build_streams(cfg.model_copy(update={"skip_first_position": skip}), tok, 4, 0,
+                                 str(tiny_dirs["traces"]), names) for skip in (False, True)}
+    for s in names:
+        a, b = built[True][s].batch(0), built[False][s].batch(0)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
+        want = b.loss_mask.clone()
+        if s in ("forget", "unthink"):
+            want[:, 0] = 0
+        assert torch.equal(a.loss_mask, want), s
+    forget = built[True]["forget"].batch(0)
+    assert (forget.input_ids[:, 0] == tok.bos_token_id).all()
+    assert int(forget.n_loss_tokens()) == int(forget.attention_mask.sum()) - forget.input_ids.shape[0]
+    unthink_off = built[False]["unthink"].batch(0)
+    assert bool((unthink_off.loss_mask[:, 0] == 0).all()) == (scope == "after_trigger")

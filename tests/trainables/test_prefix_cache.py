@@ -64,8 +64,19 @@ def test_key_ignores_the_searched_values_but_not_what_the_tensors_depend_on(tiny
     assert key() != key(hparams={"layer": 4})
     assert key() != key(train={"seed": 8})
     assert key() != key(data={"max_len": 40})
+    assert key() == key(data={"skip_first_position": True})  # a loss mask: not in the cached tensors
     assert key_parts(make_spec(tiny_dirs, tmp_path), 1, 2, ["forget"], torch.device("cpu"), 0.75) != \
         key_parts(make_spec(tiny_dirs, tmp_path), 0, 2, ["forget"], torch.device("cpu"), 0.75)
+
+
+def test_a_trial_that_skips_the_first_position_reads_a_cache_written_without(tiny_dirs, runs, tmp_path):
+    """data.skip_first_position shares the key (test above); the cached steps still train it exactly."""
+    skip = {"data": {"skip_first_position": True}}
+    c = train(cached(tiny_dirs, tmp_path / "c", runs["cache"], hparams={"steps": 6}, **skip))
+    assert (c.metrics["prefix_cache_hits"], c.metrics["prefix_cache_written"]) == (6, 0)
+    plain = train(make_spec(tiny_dirs, tmp_path / "c0", hparams={"steps": 6}, **skip))
+    assert_same_training(c, plain)
+    assert [r["forget"] for r in plain.history] != [r["forget"] for r in runs["a"].history]
 
 
 def test_a_damaged_step_is_recomputed_and_rewritten(tiny_dirs, tmp_path):

@@ -7,9 +7,11 @@ import copy
 import pytest
 import torch
 
-from tests.tiny import tiny_model
+from tests.tiny import byte_tokenizer, tiny_model
 from tests.trainables.naive import naive_loss
-from trainables.r2mu import R2MU, Batch, Weights, activation_scale, control_vector, hidden_at
+from trainables.config import DataConfig
+from trainables.data import build_streams
+from trainables.r2mu import R2MU, STREAMS, Batch, Weights, activation_scale, control_vector, hidden_at
 
 LAYER, NAMES = 4, [f"model.layers.{i}.mlp.down_proj.weight" for i in (2, 3, 4)]
 
@@ -133,3 +135,42 @@ def test_only_named_tensors_train():
     assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == sorted(NAMES)
     with pytest.raises(ValueError, match="above layer"):
         R2MU(model, 2, NAMES, torch.zeros(64), Weights())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_skip_first_position_equals_naive_without_position_0(tiny_dirs, arch):
+    """data.skip_first_position: batches built by the data code, terms and grads equal the naive objective with
+    position 0 left out of the forget and unthink masks only (the masks written here from the attention masks)."""
+    data = DataConfig.model_validate({
+        "forget": {"path": str(tiny_dirs["forget"])}, "retain": {"path": str(tiny_dirs["retain"])},
+        "cot": {"path": str(tiny_dirs["cot"]), "max_tokens": 24}, "traces": {"max_new_tokens": 8},
+        "max_len": 48, "skip_first_position": True})
+    st = build_streams(data, byte_tokenizer(), 3, 0, str(tiny_dirs["traces"]), list(STREAMS))
+    bs = {s: st[s].batch(0) for s in STREAMS}
+    w = Weights(alpha=1.4, beta=0.7, gamma=0.3)
+    model, frozen, obj, control = setup(arch, w)
+    terms = obj.loss(bs)
+    terms.loss.backward()
+    fast_grads = {n: p.grad.clone() for n, p in obj.params.items()}
+    model.zero_grad(set_to_none=True)
+
+    def naive(skip: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        masks = {}
+        for s, b in bs.items():
+            lm = b.attention_mask.clone()
+            if skip and s in ("forget", "unthink"):
+                lm[:, 0] = 0
+            masks[s] = (b.input_ids, b.attention_mask, lm)
+        return naive_loss(model, frozen, masks, LAYER, control, w.alpha, w.beta, w.gamma)
+
+    ref, ref_terms = naive(skip=True)
+    ref.backward()
+    assert float(terms.loss) == pytest.approx(float(ref), rel=1e-5)
+    for s in STREAMS:
+        assert terms.values[s] == pytest.approx(ref_terms[s], rel=1e-5, abs=1e-9)
+    for n, p in obj.params.items():
+        torch.testing.assert_close(fast_grads[n], p.grad, rtol=1e-4, atol=1e-4 * float(p.grad.abs().max()))
+    with torch.no_grad():  # leaving position 0 out changes the two terms by more than the tolerance above
+        full = naive(skip=False)[1]
+    for s in ("forget", "unthink"):
+        assert terms.values[s] != pytest.approx(full[s], rel=1e-5, abs=1e-9)

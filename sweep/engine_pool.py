@@ -1,0 +1,136 @@
+"""The sweep's evaluation engines: `eval.engines` evaluator actors spread over the nodes, and a balancer that
+gives each trial the least loaded one.
+
+Each engine is a `sweep.evaluator.Evaluator` actor (the base model loaded once, a trial's delta swapped in and
+out), named `<pool>-<i>` so that every trial finds it; the balancer is a small actor, `<pool>-balancer`, that
+counts the evaluations running on each engine. An engine that dies is restarted by Ray (up to
+`eval.engine.max_restarts` times, on any node with room) and the evaluation it was running runs again
+(`sweep.evaluator.call`); the driver prints a line for each restart (`RestartWatch`).
+
+Placement on GPUs (`eval.placement`, docs/cluster.md):
+- dedicated: an engine asks Ray for a whole GPU, and so does each training worker.
+- colocated: an engine asks for ENGINE_SHARE = 0.51 of a GPU and a training worker for the other 0.49. Ray puts
+  a fractional request on a card that has room, so no two engines (1.02) and no two workers fit on one card,
+  and each card ends up holding one of each. An engine asking for 0.3 would share its card with a second
+  engine (tests/sweep/test_engine_pool.py shows both). The memory split is vLLM's, not Ray's:
+  `eval.engine.gpu_memory_utilization`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sweep.config import ConfigError, SweepConfig
+from sweep.evaluator import RestartWatch, call, evaluator_actor
+
+ENGINE_SHARE = 0.51  # of a GPU, colocated: more than half, so one engine per card
+
+
+def engine_gpus(cfg: SweepConfig) -> float:
+    """What one engine asks Ray for: no GPU on CPU, a whole one when dedicated, ENGINE_SHARE when colocated."""
+    if not cfg.train.use_gpu:
+        return 0.0
+    return 1.0 if cfg.eval.placement == "dedicated" else ENGINE_SHARE
+
+
+def train_worker_gpus(cfg: SweepConfig) -> float | None:
+    """What one training worker asks Ray for: None (Ray Train's default, a whole GPU with use_gpu) unless the
+    engines are colocated, then the rest of the card."""
+    if cfg.train.use_gpu and cfg.eval.placement == "colocated":
+        return round(1.0 - ENGINE_SHARE, 2)
+    return None
+
+
+def engine_count(cfg: SweepConfig, cluster_gpus: float) -> int:
+    """`eval.engines` resolved against the cluster's GPUs; a ConfigError naming the field when the engines would
+    leave no GPU to train on or ask for more cards than there are."""
+    n, gpus, t = cfg.eval.engines, int(cluster_gpus), cfg.train
+    if not t.use_gpu:
+        return 1 if n == "auto" else int(n)
+    training = cfg.search.max_concurrent * t.num_workers  # GPUs the trials train on at once
+    if cfg.eval.placement == "colocated":
+        n = gpus if n == "auto" else int(n)
+        if n > gpus:
+            raise ConfigError(cfg.name, [("eval.engines", (
+                f"{n} colocated engines need {n} GPUs, one engine per card; the cluster has {gpus}: lower "
+                "eval.engines (or auto)"))])
+        return max(1, n)
+    n = max(1, gpus - training) if n == "auto" else int(n)
+    if n > gpus - t.num_workers:
+        raise ConfigError(cfg.name, [("eval.engines", (
+            f"{n} dedicated engines leave {gpus - n} of the cluster's {gpus} GPUs for training, and one trial "
+            f"needs train.num_workers={t.num_workers}: lower eval.engines, or eval.placement: colocated"))])
+    return n
+
+
+class Balancer:
+    """Which engine evaluates next: the one with the fewest evaluations running, then the one that has served
+    the fewest (so idle engines take turns)."""
+
+    def __init__(self, n: int):
+        self.running, self.served = [0] * n, [0] * n
+
+    def acquire(self) -> int:
+        i = min(range(len(self.running)), key=lambda j: (self.running[j], self.served[j], j))
+        self.running[i] += 1
+        self.served[i] += 1
+        return i
+
+    def release(self, i: int) -> None:
+        self.running[i] = max(0, self.running[i] - 1)
+
+    def load(self) -> dict[str, list[int]]:
+        return {"running": list(self.running), "served": list(self.served)}
+
+
+class EnginePool:
+    """The engines as the driver and every trial see them: `start` (driver) or `attach` (a trial), then
+    `evaluate`."""
+
+    def __init__(self, name: str, engines: list[Any], balancer: Any, max_restarts: int):
+        self.name, self.engines, self.balancer, self.max_restarts = name, engines, balancer, max_restarts
+
+    @classmethod
+    def start(cls, name: str, n: int, model_path: str, cfg: SweepConfig) -> EnginePool:
+        """Create (or find, after a restart of the driver) `n` engines spread over the nodes, and the balancer."""
+        import ray
+
+        engines = [evaluator_actor(f"{name}-{i}", model_path, cfg.eval, cfg.model.dtype, engine_gpus(cfg),
+                                   spread=n > 1) for i in range(n)]
+        balancer = ray.remote(Balancer).options(name=f"{name}-balancer", get_if_exists=True, num_cpus=0,
+                                                max_restarts=-1).remote(n)
+        return cls(name, engines, balancer, cfg.eval.engine.max_restarts)
+
+    @classmethod
+    def attach(cls, name: str, n: int, max_restarts: int) -> EnginePool:
+        """The pool a driver started, found by name (inside a trial)."""
+        import ray
+
+        return cls(name, [ray.get_actor(f"{name}-{i}") for i in range(n)], ray.get_actor(f"{name}-balancer"),
+                   max_restarts)
+
+    def infos(self) -> list[dict[str, Any]]:
+        """Each engine's backend and start-up time; waits until all have started (raises if one cannot)."""
+        import ray
+
+        return ray.get([e.info.remote() for e in self.engines])
+
+    def call(self, method: str, *args: Any) -> tuple[Any, int, int]:
+        """`method(*args)` on the least loaded engine: (result, evaluations lost to engine restarts, engine)."""
+        import ray
+
+        i = ray.get(self.balancer.acquire.remote())
+        try:
+            out, lost = call(self.engines[i], method, *args, max_restarts=self.max_restarts)
+        finally:
+            self.balancer.release.remote(i)
+        return out, lost, i
+
+    def evaluate(self, delta: Any, split: str = "selection") -> tuple[dict[str, Any], int, int]:
+        return self.call("evaluate", delta, split)
+
+    def watch(self) -> list[RestartWatch]:
+        """Driver threads that print a line each time Ray restarts an engine (stop them with __exit__)."""
+        n = len(self.engines)
+        return [RestartWatch(e, self.max_restarts, label="evaluator" if n == 1 else f"evaluator {i + 1}/{n}")
+                .__enter__() for i, e in enumerate(self.engines)]

@@ -1,0 +1,77 @@
+"""Screening (`eval.screen`): spend a full evaluation only on a trial that could still be on the Pareto front.
+
+Each trial is first evaluated on a small fixed subset of the selection split (`eval.screen.items` per set), its
+rates with intervals at `eval.screen.confidence`. It goes on to the full selection split unless, given the
+intervals, it is out of the running:
+
+- **infeasible**: a constraint fails even at the favourable end of the trial's interval, or
+- **dominated**: a fully evaluated feasible trial is better on every objective and strictly on one, comparing
+  that trial's unfavourable 95% bound with this trial's favourable bound.
+
+Both tests give the screened trial the benefit of the doubt, so a trial that might be on the front is not
+dropped except by the chance the confidence allows. A screened-out trial reports its screening values to
+Optuna and is logged with `status=screened`, `eval_stage=screen`; the front is made of fully evaluated trials
+only (`sweep.pareto.feasible` needs `status=ok`). A metric without an interval counts as exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sweep.config import Constraint
+from sweep.pareto import Point, _value, feasible
+
+
+@dataclass(frozen=True)
+class Verdict:
+    go_on: bool
+    reason: str  # why a trial was screened out ('' when it goes on)
+
+
+def _bound(metrics: Mapping[str, float], metric: str, favourable_high: bool) -> float | None:
+    """The end of the metric's interval that is good (favourable_high: the upper end) or its value."""
+    v = metrics.get(metric)
+    if v is None:
+        return None
+    return float(metrics.get(f"{metric}_hi" if favourable_high else f"{metric}_lo", v))
+
+
+def screen(metrics: Mapping[str, float], full: Sequence[Point], objectives: Mapping[str, str],
+           constraints: Mapping[str, Constraint], baseline: Mapping[str, float] | None = None) -> Verdict:
+    """Whether a trial screened with `metrics` goes on to the full evaluation, against the fully evaluated
+    trials `full` (only their feasible ones count)."""
+    for metric, c in constraints.items():
+        best = _bound(metrics, metric, favourable_high=c.op in (">=", ">"))
+        if best is not None and not c.satisfied(best, (baseline or {}).get(metric)):
+            return Verdict(False, f"{metric} {c} fails at the end of its interval ({best:.3f})")
+    best_case = {m: _bound(metrics, m, favourable_high=(mode == "max")) for m, mode in objectives.items()}
+    if any(v is None for v in best_case.values()):
+        return Verdict(True, "")  # an objective was not measured: nothing to compare
+    for p in full:
+        if not feasible(p, objectives, constraints, baseline):
+            continue
+        worst_case = {m: _bound(p.metrics, m, favourable_high=(mode == "min")) for m, mode in objectives.items()}
+        if _dominates(worst_case, best_case, objectives):
+            return Verdict(False, f"dominated by {p.name or p.run_id}")
+    return Verdict(True, "")
+
+
+def _dominates(a: Mapping[str, float | None], b: Mapping[str, float | None], objectives: Mapping[str, str]) -> bool:
+    """a no worse than b everywhere and strictly better somewhere (values, not points)."""
+    strictly = False
+    for metric, mode in objectives.items():
+        x, y = a[metric], b[metric]
+        if x is None or y is None:
+            return False
+        if mode == "max":
+            x, y = -x, -y
+        if x > y:
+            return False
+        strictly = strictly or x < y
+    return strictly
+
+
+def fully_evaluated(points: Sequence[Point]) -> list[Point]:
+    """The trials whose evaluation covered the full selection split (every trial when nothing is screened)."""
+    return [p for p in points if p.tags.get("eval_stage", "full") == "full" and _value(p, "eval_s") is not None]

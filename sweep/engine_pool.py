@@ -2,10 +2,10 @@
 gives each trial the least loaded one.
 
 Each engine is a `sweep.evaluator.Evaluator` actor (the base model loaded once, a trial's delta swapped in and
-out), named `<pool>-<i>` so that every trial finds it; the balancer is a small actor, `<pool>-balancer`, that
-counts the evaluations running on each engine. An engine that dies is restarted by Ray (up to
-`eval.engine.max_restarts` times, on any node with room) and the evaluation it was running runs again
-(`sweep.evaluator.call`); the driver prints a line for each restart (`RestartWatch`).
+out), named `<pool>-<i>` so that every trial finds it, started on the nodes in turn; the balancer is a small
+actor, `<pool>-balancer`, that counts the evaluations running on each engine. An engine that dies is restarted
+by Ray (up to `eval.engine.max_restarts` times, on any node with room) and the evaluation it was running runs
+again (`sweep.evaluator.call`); the driver prints a line for each restart (`RestartWatch`).
 
 Placement on GPUs (`eval.placement`, docs/cluster.md):
 - dedicated: an engine asks Ray for a whole GPU, and so does each training worker.
@@ -63,6 +63,17 @@ def engine_count(cfg: SweepConfig, cluster_gpus: float) -> int:
     return n
 
 
+def spread_over(n: int, gpus: float) -> list[str | None]:
+    """The node each of n engines should start on: the alive nodes (with GPUs, when engines need them) in turn.
+    Soft: an engine whose node has no room (or is gone, after a restart) starts wherever Ray finds room. Ray's
+    own SPREAD strategy is best-effort for actors that ask for no CPU, and put both engines on one node here."""
+    import ray
+
+    nodes = sorted(nd["NodeID"] for nd in ray.nodes()
+                   if nd["Alive"] and (gpus == 0 or nd["Resources"].get("GPU", 0) > 0))
+    return [nodes[i % len(nodes)] if n > 1 and nodes else None for i in range(n)]
+
+
 class Balancer:
     """Which engine evaluates next: the one with the fewest evaluations running, then the one that has served
     the fewest (so idle engines take turns)."""
@@ -95,8 +106,10 @@ class EnginePool:
         """Create (or find, after a restart of the driver) `n` engines spread over the nodes, and the balancer."""
         import ray
 
-        engines = [evaluator_actor(f"{name}-{i}", model_path, cfg.eval, cfg.model.dtype, engine_gpus(cfg),
-                                   spread=n > 1) for i in range(n)]
+        gpus = engine_gpus(cfg)
+        nodes = spread_over(n, gpus)
+        engines = [evaluator_actor(f"{name}-{i}", model_path, cfg.eval, cfg.model.dtype, gpus, nodes[i])
+                   for i in range(n)]
         balancer = ray.remote(Balancer).options(name=f"{name}-balancer", get_if_exists=True, num_cpus=0,
                                                 max_restarts=-1).remote(n)
         return cls(name, engines, balancer, cfg.eval.engine.max_restarts)

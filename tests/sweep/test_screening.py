@@ -44,6 +44,15 @@ def test_a_trial_goes_on_unless_surely_dominated_or_infeasible():
     assert screen(poor, [], OBJ, {}).go_on
 
 
+def test_the_full_trials_interval_is_taken_at_the_screens_confidence():
+    """best's 95% interval (leak up to 0.30, reason down to 0.60) just misses the screened trial's best ends
+    (0.28, 0.62); at 50% confidence its interval is 0.34x as wide (0.17, 0.73) and it dominates."""
+    best = full("best", (0.10, 0.05, 0.30), (0.80, 0.60, 0.90))
+    screened = iv(0.5, 0.28, 0.7, "trace_leak") | iv(0.4, 0.2, 0.62, "reason_acc")
+    assert screen(screened, [best], OBJ, {}, confidence=0.95).go_on
+    assert not screen(screened, [best], OBJ, {}, confidence=0.5).go_on
+
+
 def test_constraints_are_judged_at_the_favourable_end_of_the_interval():
     leaky = iv(0.5, 0.3, 0.7, "trace_leak") | iv(0.5, 0.3, 0.7, "reason_acc")
     c = {"retain_acc": Constraint.parse(">= 0.6")}

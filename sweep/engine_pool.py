@@ -9,11 +9,11 @@ again (`sweep.evaluator.call`); the driver prints a line for each restart (`Rest
 
 Placement on GPUs (`eval.placement`, docs/cluster.md):
 - dedicated: an engine asks Ray for a whole GPU, and so does each training worker.
-- colocated: an engine asks for ENGINE_SHARE = 0.51 of a GPU and a training worker for the other 0.49. Ray puts
-  a fractional request on a card that has room, so no two engines (1.02) and no two workers fit on one card,
-  and each card ends up holding one of each. An engine asking for 0.3 would share its card with a second
-  engine (tests/sweep/test_engine_pool.py shows both). The memory split is vLLM's, not Ray's:
-  `eval.engine.gpu_memory_utilization`.
+- colocated: one engine on every GPU, asking for ENGINE_SHARE = 0.51 of it, and a training worker asks for the
+  other 0.49. Ray puts a fractional request on a card that has room, so no two engines fit one card (1.02)
+  and, with an engine on every card, each card has room for exactly one worker. An engine asking for 0.3
+  would share its card with a second engine (tests/sweep/test_engine_pool.py shows both). The memory split is
+  vLLM's, not Ray's: `eval.engine.gpu_memory_utilization`.
 """
 
 from __future__ import annotations
@@ -49,12 +49,11 @@ def engine_count(cfg: SweepConfig, cluster_gpus: float) -> int:
         return 1 if n == "auto" else int(n)
     training = cfg.search.max_concurrent * t.num_workers  # GPUs the trials train on at once
     if cfg.eval.placement == "colocated":
-        n = gpus if n == "auto" else int(n)
-        if n > gpus:
+        if gpus < 1 or n not in ("auto", gpus):  # fewer engines would leave cards where two workers fit
             raise ConfigError(cfg.name, [("eval.engines", (
-                f"{n} colocated engines need {n} GPUs, one engine per card; the cluster has {gpus}: lower "
-                "eval.engines (or auto)"))])
-        return max(1, n)
+                f"colocated puts one engine on every GPU; the cluster has {gpus} GPU(s), eval.engines is {n}: "
+                f"set it to auto (or {gpus}), or eval.placement: dedicated"))])
+        return gpus
     n = max(1, gpus - training) if n == "auto" else int(n)
     if n > gpus - t.num_workers:
         raise ConfigError(cfg.name, [("eval.engines", (

@@ -95,6 +95,9 @@ def format_plan(cfg: SweepConfig, found: dict[str, Any]) -> str:
         "  splits     " + ", ".join(f"{r.set}: selection {r.limit or 'all'} of the rest, test "
                                   f"{r.test:g}{'' if r.test >= 1 else ' of the set'}"
                                   for r in [cfg.eval.forget, *cfg.eval.reasoning, *cfg.eval.retain]),
+        f"  engines    {cfg.eval.engines} ({cfg.eval.placement if t.use_gpu else 'CPU'}); "
+        + (f"screening: {cfg.eval.screen.items} items per set first, the full split only for a trial that could "
+           f"be on the front ({cfg.eval.screen.confidence:g} confidence)" if cfg.eval.screen else "no screening"),
         f"  overlap    {found['overlap']}",
         f"  mlflow     {found['mlflow']}",
         f"  ray        {found['ray']}",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from sweep.config import Constraint
-from sweep.pareto import Point, _value, feasible
+from sweep.pareto import Point, _value, dominates, feasible
 
 
 @dataclass(frozen=True)
@@ -65,24 +65,9 @@ def screen(metrics: Mapping[str, float], full: Sequence[Point], objectives: Mapp
             continue
         worst_case = {m: _bound(p.metrics, m, favourable_high=(mode == "min"), scale=scale)
                       for m, mode in objectives.items()}
-        if _dominates(worst_case, best_case, objectives):
+        if dominates(Point(p.run_id, worst_case), Point("screened", best_case), objectives):
             return Verdict(False, f"dominated by {p.name or p.run_id}")
     return Verdict(True, "")
-
-
-def _dominates(a: Mapping[str, float | None], b: Mapping[str, float | None], objectives: Mapping[str, str]) -> bool:
-    """a no worse than b everywhere and strictly better somewhere (values, not points)."""
-    strictly = False
-    for metric, mode in objectives.items():
-        x, y = a[metric], b[metric]
-        if x is None or y is None:
-            return False
-        if mode == "max":
-            x, y = -x, -y
-        if x > y:
-            return False
-        strictly = strictly or x < y
-    return strictly
 
 
 def fully_evaluated(points: Sequence[Point]) -> list[Point]:

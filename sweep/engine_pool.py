@@ -65,7 +65,7 @@ def engine_count(cfg: SweepConfig, cluster_gpus: float) -> int:
 def spread_over(n: int, gpus: float) -> list[str | None]:
     """The node each of n engines should start on: the alive nodes (with GPUs, when engines need them) in turn.
     Soft: an engine whose node has no room (or is gone, after a restart) starts wherever Ray finds room. Ray's
-    own SPREAD strategy is best-effort for actors that ask for no CPU, and put both engines on one node here."""
+    own SPREAD strategy put both engines on one node here (it is best-effort)."""
     import ray
 
     nodes = sorted(nd["NodeID"] for nd in ray.nodes()

@@ -20,12 +20,14 @@ from sweep import mlflow_store
 from sweep.config import SweepConfig
 
 
-def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, force: bool = False) -> None:
+def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, force: bool = False,
+                    workers: int = 1) -> None:
     """The final evaluation: the baseline and each front trial, once, on the test split (items that played no
     part in the choice); logged as `test/<metric>` on their own runs. Runs that have test metrics already
     (a resumed sweep) are not evaluated again unless `force`. `evaluate(delta or None)` returns the evaluator's
-    dict."""
+    dict; `workers` evaluations run at once (one per engine of the sweep's pool)."""
     import os
+    from concurrent.futures import ThreadPoolExecutor
 
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -41,9 +43,10 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
     mlflow.set_tracking_uri(uri)
     baseline_run = baseline_run_id(uri, parent)
     todo = ([("baseline", baseline_run)] if baseline_run else []) + [(p.name, p.run_id) for p in front]
-    for i, (name, run_id) in enumerate(todo, 1):
+
+    def one(i: int, name: str, run_id: str) -> None:
         if not force and any(k.startswith("test/") for k in client.get_run(run_id).data.metrics):
-            continue
+            return
         delta = None
         if name != "baseline":
             with tempfile.TemporaryDirectory() as tmp:
@@ -55,6 +58,9 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
         tracking.log_result(uri, run_id, {}, metrics)
         objs = ", ".join(f"{m}={metrics.get(f'test/{m}', float('nan')):.3f}" for m in cfg.search.objectives)
         print(f"test split {i}/{len(todo)} {name}: {objs} ({out['eval_s']:.1f} s)", flush=True)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(lambda job: one(*job), [(i, name, run_id) for i, (name, run_id) in enumerate(todo, 1)]))
 
 
 def main(argv: list[str] | None = None) -> int:

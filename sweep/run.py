@@ -253,7 +253,7 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
             from sweep.final import test_evaluation
 
             test_evaluation(cfg, front, parent,
-                            lambda delta: pool.evaluate(delta, "test")[0])
+                            lambda delta: pool.evaluate(delta, "test")[0], workers=engines)
             table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                               list(cfg.search.searched()), parent, plots)
             print("\n" + test_table(uri, cfg.experiment, parent, cfg.search.objectives, list(cfg.search.constraints)))

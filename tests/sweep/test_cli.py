@@ -119,7 +119,7 @@ def test_trial_set_error_is_one_line(tmp_path):
 
 # every CLI of the project: each flag has help text
 CLI_MODULES = ["sweep.run", "sweep.trial", "sweep.pareto", "sweep.export", "sweep.compare", "sweep.final",
-               "sweep.report", "eval.run",
+               "sweep.samples", "sweep.report", "eval.run",
                "smollm2.prepare", "sweep.local_only", "organism.build", "organism.check_vllm",
                "trainables.prefix_cache", "trainables.make_traces"]
 
@@ -152,7 +152,7 @@ def test_console_command_lists_and_runs_the_subcommands(tmp_path):
     assert exe.exists(), "the console script is missing: pip install -e . (make install) writes it"
     p = subprocess.run([str(exe), "--help"], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    for name in ("run", "trial", "pareto", "export", "compare", "final", "report", "eval"):
+    for name in ("run", "trial", "pareto", "export", "compare", "final", "samples", "report", "eval"):
         assert f"\n  {name} " in p.stdout, p.stdout
     p = subprocess.run([str(exe), "pareto", "--experiment", "x"], env=ENV, cwd=tmp_path, capture_output=True,
                        text=True, timeout=60)

@@ -146,14 +146,35 @@ def test_baseline_and_front_are_evaluated_once_on_the_test_split(sweep):
     others = [r for r in runs if r.data.tags.get("role") == "trial" and r.info.run_id not in
               {t.info.run_id for t in tested}]
     pick = (others or front)[0].info.run_id
-    p = run("sweep.final", "--experiment", "e2e", "--runs", pick, "--force",
+    p = run("sweep.final", "--experiment", "e2e", "--runs", pick, "--force", "--no-baseline",
             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
     assert p.returncode == 0, p.stderr[-2000:]
-    _, runs = runs_of(tmp, "e2e")
+    client, runs = runs_of(tmp, "e2e")
     picked = next(r for r in runs if r.info.run_id == pick).data.metrics
     assert picked["test/trace_leak_n"] == 16 and "test/trace_coherence" in picked
+    assert len(client.get_metric_history(baseline.info.run_id, "test/trace_leak")) == 1  # --no-baseline
     p = run("sweep.final", "--experiment", "e2e", "--runs", "nosuchrun",
             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
+    assert p.returncode == 2 and "nosuchrun" in p.stderr
+
+
+def test_samples_prints_the_lowest_test_ids_before_and_after(sweep):
+    """`sweep.samples`: the knee's traces and the base model's on the test split's lowest forget ids."""
+    tmp, _, _ = sweep
+    p = run("sweep.samples", "--experiment", "e2e", "--n", "2", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
+            cwd=tmp)
+    assert p.returncode == 0, p.stderr[-2000:]
+    client, runs = runs_of(tmp, "e2e")
+    parent = next(r for r in runs if r.data.tags["role"] == "sweep")
+    knee = next(r for r in runs if r.info.run_id == parent.data.tags["knee_run_id"])
+    from sweep.samples import by_item, load_records
+    ids = sorted(by_item(load_records(f"sqlite:///{tmp}/mlflow.db", knee.info.run_id)))
+    assert len(ids) == 16  # the test split's forget items, one record each
+    shown = re.findall(r"^\*\*(\S+)\*\*:", p.stdout, re.M)
+    assert shown == ids[:2], (shown, ids[:2])
+    assert p.stdout.count("| base |") == 2 and p.stdout.count(f"| {knee.info.run_name} |") == 2
+    p = run("sweep.samples", "--experiment", "e2e", "--runs", "nosuchrun", "--tracking-uri",
+            f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
     assert p.returncode == 2 and "nosuchrun" in p.stderr
 
 

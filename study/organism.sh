@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The sweeps behind docs/study_organism.md (#16), on the bundled organism, all with the same budget (24 trials
+# of 60 steps, organism.yaml's ranges and objectives) and seeds 42, 43, 44 (the trainer's and, through it, the
+# sampler's). About 11 minutes a sweep on a 2-core CPU machine, one after another with nothing else running.
+#
+#   bash study/organism.sh            # every sweep still missing; a finished one is skipped, so run it again
+#                                     # after a stop and it goes on where it was
+#   bash study/organism.sh --list     # what each sweep is and whether it is done
+#   STUDY_ONLY="r2mu rmu" bash study/organism.sh   # some methods only
+#
+# Each sweep is an MLflow experiment `study-<method>-s<seed>` in ./mlflow.db; its front and knee are evaluated on
+# the test split at its end (the default `--final-eval front`). The comparison: see docs/study_organism.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+SEEDS=${SEEDS:-"42 43 44"}
+
+# method -> space file and overrides (the only differences between the methods)
+declare -A SPACE=([r2mu]=organism [rmu]=rmu [no-unthink]=organism [no-cot]=organism [gp]=organism
+                  [random]=organism [skip-bos]=organism [prefill]=organism)
+declare -A SETS=(
+  [r2mu]=""                                             # R²MU, TPE: also the sampler study's TPE arm
+  [rmu]=""                                              # plain RMU: beta = gamma = 0 (rmu.yaml)
+  [no-unthink]="search.space.beta=0"                    # R²MU without the unthink term
+  [no-cot]="search.space.gamma=0"                       # R²MU without the CoT-preservation term
+  [gp]="search.algorithm=gp"                            # R²MU, Optuna's GPSampler
+  [random]="search.algorithm=random"                    # R²MU, random search
+  [skip-bos]="data.skip_first_position=true"            # R²MU, the first position out of the forget/unthink masks
+  [prefill]="search.objectives={trace_leak: min, forget_acc: min, reason_acc: max, prefill_acc: min}"
+)
+# interleaved by seed, so that a partial run leaves whole seeds of the main comparison first
+ORDER=${STUDY_ONLY:-"r2mu rmu no-unthink no-cot gp random skip-bos"}
+
+finished() {  # the experiment has a sweep run that ended FINISHED
+  "$PY" - "$1" <<'EOF'
+import sys, mlflow
+c = mlflow.MlflowClient("sqlite:///mlflow.db")
+e = c.get_experiment_by_name(sys.argv[1])
+runs = c.search_runs([e.experiment_id], "tags.role = 'sweep' and attributes.status = 'FINISHED'") if e else []
+sys.exit(0 if runs else 1)
+EOF
+}
+
+jobs=()
+for seed in $SEEDS; do
+  for m in $ORDER; do jobs+=("$m:$seed"); done
+done
+case "$ORDER" in *prefill*) ;; *) [ -z "${STUDY_ONLY:-}" ] && jobs+=("prefill:42") ;; esac  # one sweep only
+
+for job in "${jobs[@]}"; do
+  m=${job%%:*}; seed=${job##*:}; name="study-$m-s$seed"
+  args=(--space "search_spaces/${SPACE[$m]}.yaml" --set "name=$name" --set "train.seed=$seed")
+  [ -n "${SETS[$m]}" ] && args+=(--set "${SETS[$m]}")
+  if finished "$name"; then state=done; else state=missing; fi
+  if [ "${1:-}" = "--list" ]; then echo "$state  $name  python -m sweep.run ${args[*]}"; continue; fi
+  [ "$state" = done ] && { echo "== $name: done, skipped"; continue; }
+  echo "== $name: python -m sweep.run ${args[*]}  ($(date -u +%H:%M:%S))"
+  start=$(date +%s)
+  "$PY" -m sweep.run "${args[@]}"
+  echo "== $name: $(( $(date +%s) - start )) s"
+done

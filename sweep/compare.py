@@ -13,6 +13,10 @@ name is a method of one seed, named after its experiment). Printed:
   - for each pair of methods, the coverage C(A, B): the share of B's front that A's front dominates. With
     several seeds it is the MEAN of C over every pair (a seed of A, a seed of B), not C of pooled fronts: a
     pool of more seeds would dominate more just by being larger, and with one seed each it is plain C.
+With `--split test`, each front (chosen on the selection split, as the search saw it) is scored by its test-split
+numbers (`test/<objective>`, from the sweep's final evaluation or `sweep.final`): hypervolume, coverage and knee
+on items that played no part in the choice. `--at` reads the selection split only (other trials have no test
+numbers).
 An overlay plot shows every front on each pair of objectives, one colour per method.
 """
 
@@ -134,18 +138,42 @@ def _front_hv(points: Sequence[Point], objectives: Mapping[str, str], constraint
     return front, hypervolume([costs(p, objectives) for p in front])
 
 
+def on_test(front: Sequence[Point], objectives: Mapping[str, str], experiment: str) -> list[Point]:
+    """The front's points with their test-split values as the objectives (a clear error for a trial that has
+    none: the command that adds them)."""
+    missing = [p.name or p.run_id for p in front if any(f"test/{m}" not in p.metrics for m in objectives)]
+    if missing:
+        raise ValueError(f"--split test: {experiment}: front trial(s) {', '.join(missing)} have no test-split "
+                         f"numbers; python -m sweep.final --experiment {experiment} --runs "
+                         + " ".join(p.run_id for p in front if (p.name or p.run_id) in missing))
+    return [Point(p.run_id, {m: p.metrics[f"test/{m}"] for m in objectives}, p.params, p.status, p.name, p.tags,
+                  p.start_time) for p in front]
+
+
 def compare(tracking_uri: str, experiments: Sequence[str] | Mapping[str, Sequence[str]],
-            objectives: Mapping[str, str], constraints: Mapping | None = None, at: Sequence[int] = ()) -> dict:
+            objectives: Mapping[str, str], constraints: Mapping | None = None, at: Sequence[int] = (),
+            split: str = "selection") -> dict:
     """Per sweep: points, front, knee, hypervolume (and at each n of `at`); per method: their spread over
     seeds; per pair of methods: the mean coverage over seed pairs. `experiments`: {method: [experiment per
-    seed]}, or plain names (one seed each). A sweep with fewer than n trials has no value at n (None)."""
+    seed]}, or plain names (one seed each). A sweep with fewer than n trials has no value at n (None).
+    `split="test"`: each front as chosen, scored by its test-split values (its points are then the front's)."""
     methods = dict(experiments) if isinstance(experiments, Mapping) else {e: [e] for e in experiments}
     constraints = constraints or {}
+    if split == "test" and at:
+        raise ValueError("--at reads the selection split (only the front has test numbers); drop --split test")
     sweeps = {}
     for method, names in methods.items():
         for name in names:
             parent, points, baseline = read_sweep(tracking_uri, name)
             front, hv = _front_hv(points, objectives, constraints, baseline)
+            if split == "test":
+                chosen = knee(front, objectives).run_id if front else None
+                points = front = on_test(front, objectives, name)
+                hv = hypervolume([costs(p, objectives) for p in front])
+                sweeps[name] = {"method": method, "parent": parent.info.run_id, "points": points,
+                                "baseline": baseline, "front": front, "hypervolume": hv, "at": {},
+                                "knee": next((p for p in front if p.run_id == chosen), None)}
+                continue
             hv_at = {n: _front_hv(first_trials(points, n), objectives, constraints, baseline)[1]
                      if len(points) >= n else None for n in at}
             sweeps[name] = {"method": method, "parent": parent.info.run_id, "points": points, "baseline": baseline,
@@ -247,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--at", nargs="+", type=_trial_count, default=[], metavar="N",
                     help="also the hypervolume of the front of each sweep's first N trials (by run start), "
                          "e.g. --at 8 16 24")
+    ap.add_argument("--split", choices=["selection", "test"], default="selection",
+                    help="score each front on the selection split (what the search saw; default) or by its "
+                         "test-split numbers (the front as chosen, on held-out items)")
     ap.add_argument("--plot", help="write the overlay plot here (PNG)")
     args = ap.parse_args(argv)
     from sweep.config import ConfigError
@@ -258,10 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         first = next(iter(methods.values()))[0]
         cfg = _sweep_config(argparse.Namespace(space=args.space, tracking_uri=uri, experiment=first, parent=None))
         at = sorted(set(args.at))
-        result = compare(uri, methods, cfg.search.objectives, cfg.search.constraints, at)
+        result = compare(uri, methods, cfg.search.objectives, cfg.search.constraints, at, args.split)
     except (ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.split == "test":
+        print("each front as chosen on the selection split, scored by its test-split numbers:")
     print(format_comparison(result, cfg.search.objectives))
     if args.plot:
         print(f"plot: {plot_fronts(result, cfg.search.objectives, args.plot)}")

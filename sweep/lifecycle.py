@@ -150,7 +150,7 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
         else:
             status, lost = "screened", 0
         metrics = {k: v for k, v in out["metrics"].items() if v is not None}
-        metrics["eval_s"] = eval_s + out["eval_s"]
+        metrics["eval_s"] = eval_s + out["eval_s"] if stage == "full" else eval_s  # screened out: `out` is the screen
         if verdict is not None:
             metrics["eval/screen_s"] = eval_s
         metrics["eval/lost_to_restarts"] = lost + lost_screen  # evaluations that died with the engine, run again

@@ -22,14 +22,15 @@ from sweep import mlflow_store
 RECORDS = "test_eval_records.json"
 
 
-def load_records(tracking_uri: str, run_id: str) -> list[dict[str, Any]]:
-    """The run's test-split records (one dict per item and metric); a clear error when it has none."""
+def load_records(tracking_uri: str, run_id: str, fix: str = "") -> list[dict[str, Any]]:
+    """The run's test-split records (one dict per item and metric); a clear error, ending with `fix`, when it
+    has none."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     if RECORDS not in {a.path for a in client.list_artifacts(run_id)}:
-        raise ValueError(f"run {run_id} has no {RECORDS}: it was not evaluated on the test split by this "
-                         f"version (python -m sweep.final --experiment EXP --runs {run_id} --force logs it)")
+        raise ValueError(f"run {run_id} has no {RECORDS}: it was not evaluated on the test split, or by an "
+                         f"older version{fix}")
     with tempfile.TemporaryDirectory() as tmp:
         with open(client.download_artifacts(run_id, RECORDS, tmp)) as f:
             table = json.load(f)
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         base_id = baseline_run_id(uri, parent.info.run_id)
         if base_id is None:
             raise ValueError(f"the sweep {parent.info.run_id} has no baseline run")
-        base = by_item(load_records(uri, base_id))
-        trials = {names[r]: by_item(load_records(uri, r)) for r in runs}
+        final = f"python -m sweep.final --experiment {args.experiment} --runs {' '.join(runs)} --force"
+        base = by_item(load_records(uri, base_id, f" (the baseline: {final} evaluates it with the trials)"))
+        trials = {names[r]: by_item(load_records(uri, r, f" ({final})")) for r in runs}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

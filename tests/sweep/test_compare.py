@@ -50,8 +50,9 @@ def test_costs_and_coverage():
 
 
 def log_sweep(client: MlflowClient, name: str, trials: list[tuple[float, float]], space: dict,
-              starts: list[int] | None = None) -> None:
-    """A sweep's runs as `sweep.run` logs them; trial i is run `{name}-{i}`, started at `starts[i]` (ms)."""
+              starts: list[int] | None = None, test: dict[int, tuple[float, float]] | None = None) -> None:
+    """A sweep's runs as `sweep.run` logs them; trial i is run `{name}-{i}`, started at `starts[i]` (ms);
+    `test[i]`: its test-split (leak, reason) as the final evaluation logs them."""
     exp = client.create_experiment(name)
     parent = client.create_run(exp, tags={"role": "sweep"}, run_name=name).info.run_id
     client.log_dict(parent, space | {"name": name}, "config.json")
@@ -64,6 +65,9 @@ def log_sweep(client: MlflowClient, name: str, trials: list[tuple[float, float]]
                                 start_time=starts[i] if starts else None)
         for key, value in {"trace_leak": leak, "reason_acc": reason, "retain_acc": 0.95}.items():
             client.log_metric(run.info.run_id, key, value)
+        if test and i in test:
+            client.log_metric(run.info.run_id, "test/trace_leak", test[i][0])
+            client.log_metric(run.info.run_id, "test/reason_acc", test[i][1])
 
 
 def test_cli_on_two_sweeps_in_a_real_store(tmp_path, space, capsys):
@@ -166,3 +170,27 @@ def test_at_takes_positive_trial_counts(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--experiments", "a", "b", "--at", "0"])
     assert e.value.code == 2 and "--at: '0' is not a number of trials >= 1" in capsys.readouterr().err
+
+
+def test_split_test_scores_each_front_as_chosen_by_its_test_numbers(tmp_path, space, capsys):
+    """The front is the selection split's (trials 0 and 1 of a; 0 of b); its hypervolume, coverage and knee
+    come from their test numbers, which here reverse the order of the two methods."""
+    uri = f"sqlite:///{tmp_path}/test.db"
+    client = MlflowClient(uri)
+    space = space | {"mlflow": {"tracking_uri": uri}}
+    log_sweep(client, "a", [(0.1, 0.8), (0.3, 0.9), (0.5, 0.5)], space, test={0: (0.6, 0.7), 1: (0.7, 0.8)})
+    log_sweep(client, "b", [(0.4, 0.8), (0.6, 0.7)], space, test={0: (0.3, 0.8)})
+    result = compare(uri, ["a", "b"], OBJ, split="test")
+    a, b = result["sweeps"]["a"], result["sweeps"]["b"]
+    assert sorted(p.name for p in a["front"]) == ["a-0", "a-1"] and [p.name for p in b["front"]] == ["b-0"]
+    assert a["hypervolume"] == pytest.approx(by_inclusion_exclusion([(0.6, 0.3), (0.7, 0.2)], (1, 1)))
+    assert b["hypervolume"] == pytest.approx(0.7 * 0.8)
+    assert result["coverage"] == {("a", "b"): 0.0, ("b", "a"): 1.0}
+    assert main(["--experiments", "a", "b", "--split", "test", "--tracking-uri", uri]) == 0
+    assert "scored by its test-split numbers" in capsys.readouterr().out
+    # a front trial without test numbers: the command that adds them; --at has nothing to read on test
+    log_sweep(client, "c", [(0.2, 0.9)], space)
+    assert main(["--experiments", "a", "c", "--split", "test", "--tracking-uri", uri]) == 2
+    assert "python -m sweep.final --experiment c --runs" in capsys.readouterr().err
+    assert main(["--experiments", "a", "b", "--split", "test", "--at", "2", "--tracking-uri", uri]) == 2
+    assert "--at reads the selection split" in capsys.readouterr().err

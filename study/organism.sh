@@ -6,7 +6,7 @@
 #   bash study/organism.sh            # every sweep still missing; a finished one is skipped, so run it again
 #                                     # after a stop and it goes on where it was
 #   bash study/organism.sh --list     # what each sweep is and whether it is done
-#   STUDY_ONLY="r2mu rmu" bash study/organism.sh   # some methods only
+#   STUDY_ONLY="r2mu,rmu" bash study/organism.sh   # some methods only (comma: one group, over all seeds)
 #
 # Each sweep is an MLflow experiment `study-<method>-s<seed>` in ./mlflow.db; its front and knee are evaluated on
 # the test split at its end (the default `--final-eval front`). The comparison: see docs/study_organism.md.
@@ -28,8 +28,8 @@ declare -A SETS=(
   [skip-bos]="data.skip_first_position=true"            # R²MU, the first position out of the forget/unthink masks
   [prefill]="search.objectives={trace_leak: min, forget_acc: min, reason_acc: max, prefill_acc: min}"
 )
-# interleaved by seed, so that a partial run leaves whole seeds of the main comparison first
-ORDER=${STUDY_ONLY:-"r2mu rmu no-unthink no-cot gp random skip-bos"}
+# in groups, each over all seeds before the next: a partial run leaves whole comparisons (R²MU vs RMU first)
+GROUPS_=${STUDY_ONLY:-"r2mu,rmu no-unthink,no-cot gp,random skip-bos"}
 
 finished() {  # the experiment has a sweep run that ended FINISHED
   "$PY" - "$1" <<'EOF'
@@ -42,10 +42,12 @@ EOF
 }
 
 jobs=()
-for seed in $SEEDS; do
-  for m in $ORDER; do jobs+=("$m:$seed"); done
+for group in $GROUPS_; do
+  for seed in $SEEDS; do
+    for m in ${group//,/ }; do jobs+=("$m:$seed"); done
+  done
 done
-case "$ORDER" in *prefill*) ;; *) [ -z "${STUDY_ONLY:-}" ] && jobs+=("prefill:42") ;; esac  # one sweep only
+[ -z "${STUDY_ONLY:-}" ] && jobs+=("prefill:42")  # one seed only
 
 for job in "${jobs[@]}"; do
   m=${job%%:*}; seed=${job##*:}; name="study-$m-s$seed"

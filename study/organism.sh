@@ -3,8 +3,8 @@
 # of 60 steps, organism.yaml's ranges and objectives) and seeds 42, 43, 44 (the trainer's and, through it, the
 # sampler's). About 11 minutes a sweep on a 2-core CPU machine, one after another with nothing else running.
 #
-#   bash study/organism.sh            # every sweep still missing; a finished one is skipped, so run it again
-#                                     # after a stop and it goes on where it was
+#   bash study/organism.sh            # every sweep still missing; a finished one is skipped and a stopped one
+#                                     # resumed (--resume), so run it again after a stop
 #   bash study/organism.sh --list     # what each sweep is and whether it is done
 #   STUDY_ONLY="r2mu,rmu" bash study/organism.sh   # some methods only (comma: one group, over all seeds)
 #
@@ -31,13 +31,13 @@ declare -A SETS=(
 # in groups, each over all seeds before the next: a partial run leaves whole comparisons (R²MU vs RMU first)
 GROUPS_=${STUDY_ONLY:-"r2mu,rmu no-unthink,no-cot gp,random skip-bos"}
 
-finished() {  # the experiment has a sweep run that ended FINISHED
+state() {  # done: the experiment's latest sweep run ended FINISHED; partial: it did not (stopped); else missing
   "$PY" - "$1" <<'EOF'
 import sys, mlflow
 c = mlflow.MlflowClient("sqlite:///mlflow.db")
 e = c.get_experiment_by_name(sys.argv[1])
-runs = c.search_runs([e.experiment_id], "tags.role = 'sweep' and attributes.status = 'FINISHED'") if e else []
-sys.exit(0 if runs else 1)
+runs = c.search_runs([e.experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"], max_results=1) if e else []
+print("missing" if not runs else "done" if runs[0].info.status == "FINISHED" else "partial")
 EOF
 }
 
@@ -53,9 +53,10 @@ for job in "${jobs[@]}"; do
   m=${job%%:*}; seed=${job##*:}; name="study-$m-s$seed"
   args=(--space "search_spaces/${SPACE[$m]}.yaml" --set "name=$name" --set "train.seed=$seed")
   [ -n "${SETS[$m]}" ] && args+=(--set "${SETS[$m]}")
-  if finished "$name"; then state=done; else state=missing; fi
-  if [ "${1:-}" = "--list" ]; then echo "$state  $name  python -m sweep.run ${args[*]}"; continue; fi
-  [ "$state" = done ] && { echo "== $name: done, skipped"; continue; }
+  st=$(state "$name")
+  if [ "${1:-}" = "--list" ]; then echo "$st  $name  python -m sweep.run ${args[*]}"; continue; fi
+  [ "$st" = done ] && { echo "== $name: done, skipped"; continue; }
+  [ "$st" = partial ] && args+=(--resume)  # a sweep stopped midway goes on from its last finished trial
   echo "== $name: python -m sweep.run ${args[*]}  ($(date -u +%H:%M:%S))"
   start=$(date +%s)
   "$PY" -m sweep.run "${args[@]}"

@@ -167,12 +167,12 @@ def compare(tracking_uri: str, experiments: Sequence[str] | Mapping[str, Sequenc
             parent, points, baseline = read_sweep(tracking_uri, name)
             front, hv = _front_hv(points, objectives, constraints, baseline)
             if split == "test":
-                chosen = knee(front, objectives).run_id if front else None
+                chosen, trials = (knee(front, objectives).run_id if front else None), len(points)
                 points = front = on_test(front, objectives, name)
                 hv = hypervolume([costs(p, objectives) for p in front])
                 sweeps[name] = {"method": method, "parent": parent.info.run_id, "points": points,
                                 "baseline": baseline, "front": front, "hypervolume": hv, "at": {},
-                                "knee": next((p for p in front if p.run_id == chosen), None)}
+                                "knee": next((p for p in front if p.run_id == chosen), None), "trials": trials}
                 continue
             hv_at = {n: _front_hv(first_trials(points, n), objectives, constraints, baseline)[1]
                      if len(points) >= n else None for n in at}
@@ -204,7 +204,7 @@ def format_comparison(result: dict, objectives: Mapping[str, str]) -> str:
         k = s["knee"]
         knee_text = "  ".join(f"{_value(k, m):.3f}" for m in objectives) if k else "-"
         hv_at = "".join(f"{'-' if s['at'][n] is None else format(s['at'][n], '.4f'):>9}" for n in at)
-        rows.append(f"{s['method']:<{mw}}{name:<{sw}}{len(s['points']):>7}{len(s['front']):>7}"
+        rows.append(f"{s['method']:<{mw}}{name:<{sw}}{s.get('trials', len(s['points'])):>7}{len(s['front']):>7}"
                     f"{s['hypervolume']:>10.4f}{hv_at}  {knee_text}")
     if at:
         rows.append("")

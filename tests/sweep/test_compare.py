@@ -2,6 +2,7 @@
 
 import itertools
 import random
+import re
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -187,7 +188,9 @@ def test_split_test_scores_each_front_as_chosen_by_its_test_numbers(tmp_path, sp
     assert b["hypervolume"] == pytest.approx(0.7 * 0.8)
     assert result["coverage"] == {("a", "b"): 0.0, ("b", "a"): 1.0}
     assert main(["--experiments", "a", "b", "--split", "test", "--tracking-uri", uri]) == 0
-    assert "scored by its test-split numbers" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "scored by its test-split numbers" in out
+    assert re.search(r"^a +a +3 +2 ", out, re.M), out  # the sweep's trials, then its front
     # a front trial without test numbers: the command that adds them; --at has nothing to read on test
     log_sweep(client, "c", [(0.2, 0.9)], space)
     assert main(["--experiments", "a", "c", "--split", "test", "--tracking-uri", uri]) == 2

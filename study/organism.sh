@@ -54,9 +54,9 @@ for job in "${jobs[@]}"; do
   args=(--space "search_spaces/${SPACE[$m]}.yaml" --set "name=$name" --set "train.seed=$seed")
   [ -n "${SETS[$m]}" ] && args+=(--set "${SETS[$m]}")
   st=$(state "$name")
+  [ "$st" = partial ] && args+=(--resume)  # a sweep stopped midway goes on from its last finished trial
   if [ "${1:-}" = "--list" ]; then echo "$st  $name  python -m sweep.run ${args[*]}"; continue; fi
   [ "$st" = done ] && { echo "== $name: done, skipped"; continue; }
-  [ "$st" = partial ] && args+=(--resume)  # a sweep stopped midway goes on from its last finished trial
   echo "== $name: python -m sweep.run ${args[*]}  ($(date -u +%H:%M:%S))"
   start=$(date +%s)
   "$PY" -m sweep.run "${args[@]}"

@@ -1,0 +1,29 @@
+"""study/organism.sh --list on a real MLflow store: which sweeps are done, stopped (resumed) or missing."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_list_names_each_sweeps_state_and_command(tmp_path):
+    (tmp_path / "study").mkdir()
+    shutil.copy(ROOT / "study" / "organism.sh", tmp_path / "study" / "organism.sh")  # it runs from its parent
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for name, status in (("study-r2mu-s42", "FINISHED"), ("study-rmu-s42", "KILLED")):
+        run = client.create_run(client.create_experiment(name), tags={"role": "sweep"})
+        client.set_terminated(run.info.run_id, status)
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "SEEDS": "42 43", "STUDY_ONLY": "r2mu,rmu no-cot"}
+    p = subprocess.run(["bash", "study/organism.sh", "--list"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines] == [
+        ["done", "study-r2mu-s42"], ["partial", "study-rmu-s42"], ["missing", "study-r2mu-s43"],
+        ["missing", "study-rmu-s43"], ["missing", "study-no-cot-s42"], ["missing", "study-no-cot-s43"]]
+    assert lines[1].endswith("--set name=study-rmu-s42 --set train.seed=42 --resume")  # stopped: resumed
+    assert "search_spaces/rmu.yaml" in lines[1] and lines[4].endswith("--set search.space.gamma=0")

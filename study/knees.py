@@ -37,7 +37,11 @@ def knee_metrics(client: MlflowClient, experiment: str) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     client = MlflowClient("sqlite:///mlflow.db")
-    methods = parse_methods(argv)
+    try:
+        methods = parse_methods(argv)
+    except ValueError as e:  # the same forms as sweep.compare --experiments
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print("| method | seeds | " + " | ".join(METRICS) + " |")
     print("| --- | --- |" + " --- |" * len(METRICS))
     for method, exps in methods.items():

@@ -153,4 +153,4 @@ def trace_coherence(scorer: Any, records: list[dict[str, Any]]) -> MetricResult:
         per_id.setdefault(r["id"], []).append(c)
         out.append({"id": r["id"], "sample": r.get("sample", 0), "coherence": c})
     scores = [sum(v) / len(v) for v in per_id.values()]
-    return MetricResult(_item_mean(scores), out, scores=scores)
+    return MetricResult(_item_mean(scores), out, scores=scores, items=[{"id": i} for i in per_id])

@@ -54,10 +54,13 @@ class EvalSets:
     retain: list[LoadedSet]
 
 
-def load_sets(cfg: EvalConfig, split: Literal["selection", "test", "screen"] = "selection") -> EvalSets:
+Split = Literal["selection", "test", "screen", "rest"]
+
+
+def load_sets(cfg: EvalConfig, split: Split = "selection") -> EvalSets:
     """Load every set of the config once, split it (eval.stats.split_items) and keep one part: `selection`
-    (subsampled to each set's `limit`), `screen` (a seeded subsample of that, `screen.items` per set) or `test`
-    (all of it). Checks each set's kind fits its slot."""
+    (subsampled to each set's `limit`), `screen` (a seeded subsample of that, `screen.items` per set), `rest`
+    (the selection items not in the screen) or `test` (all of it). Checks each set's kind fits its slot."""
     def load(refs: list[EvalSetRef], kind: str, slot: str) -> list[LoadedSet]:
         out, seen = [], Counter()
         for ref in refs:
@@ -68,15 +71,21 @@ def load_sets(cfg: EvalConfig, split: Literal["selection", "test", "screen"] = "
             label = ref.set if seen[ref.set] == 1 else f"{ref.set}#{seen[ref.set]}"
             selection, test = split_items(load_set(ref.set, ref.path, None, cfg.seed), ref.test, cfg.split_seed)
             items = subsample(selection, ref.limit, cfg.seed) if split != "test" else test
-            if split == "screen":
+            if split in ("screen", "rest"):
                 if cfg.screen is None:
-                    raise ValueError("a screening evaluation needs eval.screen")
-                items = subsample(items, cfg.screen.items, cfg.seed)
+                    raise ValueError(f"a {split} evaluation needs eval.screen")
+                screen = subsample(items, cfg.screen.items, cfg.seed)
+                screened = {id(x) for x in screen}  # the same record objects: identity, not ids that may repeat
+                items = screen if split == "screen" else [x for x in items if id(x) not in screened]
             out.append(LoadedSet(label, items))
         return out
 
     return EvalSets(load([cfg.forget], "mcq", "forget")[0], load(cfg.reasoning, "reasoning", "reasoning"),
                     load(cfg.retain, "mcq", "retain"))
+
+
+# per rated metric, per set: (set label, [(item key, score), ...]): what its interval was computed from
+Scores = dict[str, list[tuple[str, list[tuple[Any, float]]]]]
 
 
 @dataclass
@@ -85,6 +94,9 @@ class EvalResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     tokens_per_s: float = 0.0
     wall_s: float = 0.0
+    scores: Scores = field(default_factory=dict)  # to rate two evaluations of disjoint items together (`merge`)
+    gen_tokens: int = 0
+    gen_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "tokens_per_s": self.tokens_per_s, "wall_s": self.wall_s}
@@ -128,40 +140,44 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
     gen, trig, seed, k = eval_cfg.generation, eval_cfg.trigger, eval_cfg.seed, eval_cfg.samples
     metrics: dict[str, float | None] = {}
     records: list[dict[str, Any]] = []
+    scores: Scores = {}
 
-    def rate(name: str, results: list[MetricResult], by_group: bool = False) -> None:
-        metrics.update(interval_metrics(name, interval([_scored(r) for r in results], seed, confidence)))
+    def rate(name: str, results: list[tuple[str, MetricResult]], by_group: bool = False) -> None:
+        scores[name] = [(label, _keyed(r)) for label, r in results]
+        metrics.update(interval_metrics(name, interval([_scored(r) for _, r in results], seed, confidence)))
         if by_group:  # forget items carry `group` (trained / heldout facts) where the set defines it
-            groups: dict[str, list[float]] = {}
-            for item, score in zip(results[0].items, results[0].scores, strict=True):
+            label, res = results[0]
+            groups: dict[str, list[tuple[Any, float]]] = {}
+            for item, score in zip(res.items, res.scores, strict=True):
                 if score is not None and item.get("group"):
-                    groups.setdefault(str(item["group"]), []).append(score)
-            for g, scores in sorted(groups.items()):
-                metrics.update(interval_metrics(f"{name}/{g}", interval([scores], seed, confidence)))
+                    groups.setdefault(str(item["group"]), []).append((item["id"], score))
+            for g, keyed in sorted(groups.items()):
+                scores[f"{name}/{g}"] = [(label, keyed)]
+                metrics.update(interval_metrics(f"{name}/{g}", interval([[x for _, x in keyed]], seed, confidence)))
 
     forget = sets.forget
     judge = make_judge(eval_cfg.judge, judge_backend)
     if forget.items:
         say(f"trace_leak on {forget.label} ({len(forget.items)} questions x {k}, judge {eval_cfg.judge})")
         leak = trace_leak(backend, forget.items, judge, gen, trig, seed, progress, k)
-        rate("trace_leak", [leak], by_group=True)
+        rate("trace_leak", [(forget.label, leak)], by_group=True)
         metrics.update(leak.extra)
         records += _tag(leak.records, forget.label, "trace_leak")
 
         say(f"forget_acc ({eval_cfg.mcq_scoring} scoring) on {forget.label}")
         acc = mcq_accuracy(backend, forget.items, eval_cfg.mcq_scoring)
-        rate("forget_acc", [acc], by_group=True)
+        rate("forget_acc", [(forget.label, acc)], by_group=True)
         records += _tag(acc.records, forget.label, "forget_acc")
         if eval_cfg.mcq_scoring == "letter":
-            rate("forget_acc_letter", [acc])
+            rate("forget_acc_letter", [(forget.label, acc)])
         elif eval_cfg.letter_acc:
             letter = mcq_accuracy(backend, forget.items, "letter")
-            rate("forget_acc_letter", [letter])
+            rate("forget_acc_letter", [(forget.label, letter)])
             records += _tag(letter.records, forget.label, "forget_acc_letter")
 
         prefill = prefill_accuracy(backend, forget.items, trig)
         if prefill.value is not None:
-            rate("prefill_acc", [prefill])
+            rate("prefill_acc", [(forget.label, prefill)])
             records += _tag(prefill.records, forget.label, "prefill_acc")
 
     for slot, loaded in (("reason_acc", sets.reasoning), ("retain_acc", sets.retain)):
@@ -172,8 +188,8 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
                 res = reason_accuracy(backend, s.items, gen, trig, seed, progress, k)
             else:
                 res = mcq_accuracy(backend, s.items, eval_cfg.mcq_scoring)
-            rate(f"{slot}/{s.label}", [res])
-            results.append(res)
+            rate(f"{slot}/{s.label}", [(s.label, res)])
+            results.append((s.label, res))
             records += _tag(res.records, s.label, slot)
         if results:
             rate(slot, results)
@@ -182,12 +198,13 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
     if eval_cfg.retain_traces and retain is not None:
         say(f"retain_trace_acc on {retain.label} ({len(retain.items)} questions x {k})")
         states = judged_traces(backend, retain.items, MatchJudge(), gen, trig, seed, progress, k, "states_answer")
-        rate("retain_trace_acc", [states])
+        rate("retain_trace_acc", [(retain.label, states)])
         records += _tag(states.records, retain.label, "retain_trace_acc")
 
-    seconds = backend.gen_seconds - seconds0
-    metrics["gen_tokens_per_s"] = (backend.gen_tokens - tokens0) / seconds if seconds else 0.0
-    result = EvalResult(metrics, records, metrics["gen_tokens_per_s"], time.perf_counter() - start)
+    tokens, seconds = backend.gen_tokens - tokens0, backend.gen_seconds - seconds0
+    metrics["gen_tokens_per_s"] = tokens / seconds if seconds else 0.0
+    result = EvalResult(metrics, records, metrics["gen_tokens_per_s"], time.perf_counter() - start, scores,
+                        tokens, seconds)
     if scorer is not None:
         add_coherence(result, scorer, eval_cfg, confidence)
     return result
@@ -195,6 +212,39 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
 
 def _scored(res: MetricResult) -> list[float]:
     return [x for x in res.scores if x is not None]
+
+
+def _keyed(res: MetricResult) -> list[tuple[Any, float]]:
+    """(item id, score) of each scored item: which item a score belongs to, for `merge`."""
+    return [(item.get("id", i), x) for i, (item, x) in enumerate(zip(res.items, res.scores, strict=True))
+            if x is not None]
+
+
+def merge(first: EvalResult, second: EvalResult, sets: EvalSets, seed: int = 0) -> EvalResult:
+    """One evaluation of `sets` from two evaluations of disjoint parts of it (a screen and the rest of the
+    selection split): every rate's item scores joined, put in `sets`' item order (so the bootstrap draws what
+    an evaluation of the whole would) and rated again at 95%; records joined; counts summed."""
+    order = {s.label: {str(item["id"]): i for i, item in enumerate(s.items)}
+             for s in [sets.forget, *sets.reasoning, *sets.retain]}
+    metrics: dict[str, float | None] = {}
+    scores: Scores = {}
+    for name in dict.fromkeys([*first.scores, *second.scores]):
+        parts: dict[str, list[tuple[Any, float]]] = {}
+        for result in (first, second):
+            for label, keyed in result.scores.get(name, []):
+                parts.setdefault(label, []).extend(keyed)
+        place = {label: order.get(label, {}) for label in parts}
+        scores[name] = [(label, sorted(keyed, key=lambda kx, p=place[label]: p.get(str(kx[0]), len(p))))
+                        for label, keyed in parts.items()]
+        per_set = [[x for _, x in keyed] for _, keyed in scores[name]]
+        metrics.update(interval_metrics(name, interval(per_set, seed)))
+    for count in ("judge_unparsed",):
+        if count in first.metrics or count in second.metrics:
+            metrics[count] = (first.metrics.get(count) or 0.0) + (second.metrics.get(count) or 0.0)
+    tokens, seconds = first.gen_tokens + second.gen_tokens, first.gen_seconds + second.gen_seconds
+    metrics["gen_tokens_per_s"] = tokens / seconds if seconds else 0.0
+    return EvalResult(metrics, first.records + second.records, metrics["gen_tokens_per_s"],
+                      first.wall_s + second.wall_s, scores, tokens, seconds)
 
 
 def add_coherence(result: EvalResult, scorer: Any, eval_cfg: EvalConfig, confidence: float = 0.95) -> None:
@@ -206,6 +256,7 @@ def add_coherence(result: EvalResult, scorer: Any, eval_cfg: EvalConfig, confide
     if not traces:
         return
     res = trace_coherence(scorer, traces)
+    result.scores["trace_coherence"] = [(traces[0]["set"], _keyed(res))]
     result.metrics.update(interval_metrics("trace_coherence", interval([_scored(res)], eval_cfg.seed, confidence)))
     result.records += _tag(res.records, traces[0]["set"], "trace_coherence")
     result.wall_s += time.perf_counter() - t0

@@ -138,8 +138,8 @@ class EnginePool:
             self.balancer.release.remote(i)
         return out, lost, i
 
-    def evaluate(self, delta: Any, split: str = "selection") -> tuple[dict[str, Any], int, int]:
-        return self.call("evaluate", delta, split)
+    def evaluate(self, delta: Any, split: str = "selection", screened: Any = None) -> tuple[dict[str, Any], int, int]:
+        return self.call("evaluate", delta, split, screened)
 
     def watch(self) -> list[RestartWatch]:
         """Driver threads that print a line each time Ray restarts an engine (stop them with __exit__)."""

@@ -23,7 +23,7 @@ import torch
 
 from eval.config import EvalConfig
 from eval.generate import load_backend
-from eval.run import add_coherence, evaluate, load_sets
+from eval.run import EvalResult, add_coherence, evaluate, load_sets, merge
 from eval.traces import write_trace_cache
 from trainables.faults import first_to_claim
 
@@ -46,6 +46,7 @@ class Evaluator:
         self.sets = load_sets(self.cfg, "selection")  # loaded once: every trial sees the same items
         self.test_sets = None  # the test split: loaded by the final evaluation only
         self.screen_sets = load_sets(self.cfg, "screen") if self.cfg.screen else None  # a subset of `sets`
+        self.rest_sets = None  # `sets` minus the screen's items: loaded by the first screened trial that goes on
         # the llm judge is a second model; it is never swapped, so one engine serves every trial
         self.judge = load_backend(self.cfg.judge_model, self.cfg.backend, dtype, self.cfg.seed, self.cfg.engine) \
             if self.cfg.judge == "llm" else None
@@ -72,16 +73,26 @@ class Evaluator:
             return path.read_text(encoding="utf-8")
 
     def evaluate(self, delta: dict[str, torch.Tensor] | None = None,
-                 split: Literal["selection", "test", "screen"] = "selection") -> dict[str, Any]:
+                 split: Literal["selection", "test", "screen", "rest"] = "selection",
+                 screened: EvalResult | None = None) -> dict[str, Any]:
         """Metrics and per-item records of the base model with `delta` swapped in (None: the base itself), on
         the selection split (what trials are chosen on), its screening subset (intervals at
-        eval.screen.confidence) or the test split (the final evaluation only)."""
+        eval.screen.confidence; the result also comes back whole as "screen", for the next call) or the test
+        split (the final evaluation only).
+
+        `rest` with `screened` (the screen's result for the same delta, from any engine): the selection split
+        at the cost of the items the screen did not cover, rated together with the screen's."""
         t0 = time.perf_counter()
         if split == "test" and self.test_sets is None:
             self.test_sets = load_sets(self.cfg, "test")
-        sets = {"selection": self.sets, "test": self.test_sets, "screen": self.screen_sets}[split]
+        if split == "rest" and self.rest_sets is None:
+            self.rest_sets = load_sets(self.cfg, "rest")
+        sets = {"selection": self.sets, "test": self.test_sets, "screen": self.screen_sets,
+                "rest": self.rest_sets}[split]
         if sets is None:
             raise ValueError(f"no {split} split: a screening evaluation needs eval.screen")
+        if split == "rest" and screened is None:
+            raise ValueError("a rest evaluation needs the screen's result (`screened`)")
         confidence = self.cfg.screen.confidence if split == "screen" else 0.95
         if delta:
             _die_once_for_tests()
@@ -92,7 +103,10 @@ class Evaluator:
             if delta:
                 self.backend.restore()  # the next trial starts from the exact base weights
         add_coherence(result, self.backend, self.cfg, confidence)  # the base model judges the traces' fluency
-        return {"metrics": result.metrics, "records": result.records, "eval_s": time.perf_counter() - t0}
+        if split == "rest":
+            result = merge(screened, result, self.sets, self.cfg.seed)
+        out = {"metrics": result.metrics, "records": result.records, "eval_s": time.perf_counter() - t0}
+        return out | {"screen": result} if split == "screen" else out
 
     def close(self) -> None:
         for b in (self.judge, self.backend):

@@ -145,7 +145,9 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
                                        cfg.search.objectives, cfg.search.constraints, ctx.baseline,
                                        cfg.eval.screen.confidence)
         stage = "full" if verdict is None or verdict.go_on else "screen"
-        if stage == "full":
+        if stage == "full" and verdict is not None:  # the rest of the selection split, rated with the screen's items
+            out, lost, engine = pool.evaluate(trained.delta, "rest", out["screen"])
+        elif stage == "full":
             out, lost, engine = pool.evaluate(trained.delta)
         else:
             status, lost = "screened", 0

@@ -1,8 +1,9 @@
 """Screening (`eval.screen`): spend a full evaluation only on a trial that could still be on the Pareto front.
 
 Each trial is first evaluated on a small fixed subset of the selection split (`eval.screen.items` per set), its
-rates with intervals at `eval.screen.confidence`. It goes on to the full selection split unless, given the
-intervals, it is out of the running:
+rates with intervals at `eval.screen.confidence`. It goes on to the rest of the selection split (the screen's
+items are not evaluated again: both parts are rated together, `eval.run.merge`) unless, given the intervals,
+it is out of the running:
 
 - **infeasible**: a constraint fails even at the favourable end of the trial's interval, or
 - **dominated**: a fully evaluated feasible trial is better on every objective and strictly on one, comparing

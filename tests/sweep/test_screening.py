@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -12,6 +14,8 @@ from sweep.screening import fully_evaluated, screen
 from tests.sweep.test_sweep_e2e import run, runs_of, small_space
 
 OBJ = {"trace_leak": "min", "reason_acc": "max"}
+ROOT = Path(__file__).resolve().parents[2]
+ORGANISM = ROOT / "organism/assets/base/config.json"
 
 
 def iv(value: float, lo: float, hi: float, name: str) -> dict[str, float]:
@@ -71,6 +75,39 @@ def test_only_fully_evaluated_trials_count():
     unscreened_sweep = Point("u", {"eval_s": 1.0})  # a sweep without eval.screen tags no stage: full
     running = Point("r", {}, tags={"eval_stage": "full"})
     assert [p.run_id for p in fully_evaluated([screened, unscreened_sweep, running])] == ["u"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not vllm_available() or not ORGANISM.exists(), reason="needs vllm and the built organism")
+def test_the_rest_rated_with_the_screen_is_the_full_evaluation():
+    """A trial that passes its screen is evaluated on the selection items the screen did not cover, and rated on
+    both: the same metrics, intervals and records as evaluating the whole selection split at once (vLLM seeds
+    each request, so an item's sampled traces do not depend on the items beside it)."""
+    from eval.config import EvalConfig
+    from sweep.evaluator import Evaluator
+
+    raw = yaml.safe_load((ROOT / "search_spaces/organism.yaml").read_text())["eval"]
+    for ref in (raw["forget"], *raw["reasoning"], *raw["retain"]):
+        ref["limit"] = 16
+    cfg = EvalConfig.model_validate(raw | {"backend": "vllm", "screen": {"items": 5, "confidence": 0.8}})
+    evaluator = Evaluator("organism://base", cfg)
+    try:
+        whole = evaluator.evaluate(None)
+        screened = evaluator.evaluate(None, "screen")
+        rest = evaluator.evaluate(None, "rest", screened["screen"])
+    finally:
+        evaluator.close()
+    assert screened["metrics"]["trace_leak_n"] == 5 and rest["metrics"]["trace_leak_n"] == 16
+    assert rest["metrics"]["trace_leak_lo"] < screened["metrics"]["trace_leak_hi"]  # sanity: both are intervals
+    rates = [k for k in whole["metrics"] if f"{k}_n" in whole["metrics"]]
+    assert {"trace_leak", "forget_acc", "reason_acc", "retain_acc", "trace_coherence", "prefill_acc"} <= set(rates)
+    for k in rates:  # the value, both 95% bounds and the count of every rate
+        for m in (k, f"{k}_lo", f"{k}_hi", f"{k}_n"):
+            assert rest["metrics"][m] == pytest.approx(whole["metrics"][m], abs=1e-6), m
+    key = lambda r: (r["metric"], r["set"], str(r["id"]), r.get("sample", 0))  # noqa: E731
+    assert sorted(map(key, rest["records"])) == sorted(map(key, whole["records"]))
+    traces = {key(r): r["trace"] for r in whole["records"] if r["metric"] == "trace_leak"}
+    assert all(traces[key(r)] == r["trace"] for r in rest["records"] if r["metric"] == "trace_leak")
 
 
 @pytest.mark.slow

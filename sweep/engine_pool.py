@@ -139,7 +139,7 @@ class EnginePool:
         return out, lost, i
 
     def evaluate(self, delta: Any, split: str = "selection", screened: Any = None) -> tuple[dict[str, Any], int, int]:
-        return self.call("evaluate", delta, split, screened)
+        return self.call("evaluate", delta, split, *([screened] if screened is not None else []))
 
     def watch(self) -> list[RestartWatch]:
         """Driver threads that print a line each time Ray restarts an engine (stop them with __exit__)."""

@@ -325,3 +325,32 @@ def test_an_engine_that_cannot_start_is_a_clear_error(tmp_path):
     assert "Fix: eval.engine.max_model_len" in p.stderr and "Traceback" not in p.stderr
     _, runs = runs_of(tmp_path, "engine")
     assert [(r.data.tags.get("role"), r.info.status) for r in runs] == [("sweep", "FAILED")]
+
+
+def test_a_gp_sweep_proposes_from_its_fitted_processes(tmp_path):
+    """search.algorithm: gp end to end: 5 trials one at a time, so the fifth is proposed by the Gaussian
+    processes fitted to the first four (objectives and constraint) after its 4-trial random warm-up. Replaying
+    that fit on the Optuna study the sweep stored (a fresh GPSampler, same seed, the four trials as they were
+    told) proposes exactly the fifth trial's hyperparameters: the sweep's GP saw every objective and constraint."""
+    import optuna
+
+    space = small_space(tmp_path, "gp", num_samples=5, concurrent=1)
+    raw = yaml.safe_load(space.read_text())
+    raw["search"] |= {"algorithm": "gp", "constraints": {"retain_acc": ">= 0.25"}}
+    raw["ray"]["warm_workers"] = False
+    space.write_text(yaml.safe_dump(raw))
+    p = run("sweep.run", "--space", str(space), "--final-eval", "none", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    (name,) = optuna.get_all_study_names(storage)
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    assert all(len(t.values) == 3 and "constraints:retain_acc" in t.system_attrs for t in trials)
+    assert [k for k in trials[4].system_attrs if k.startswith("gp:")]  # Optuna marks a GP-proposed point
+    cfg = load_space(space)
+    directions = ["maximize" if mode == "max" else "minimize" for mode in cfg.search.objectives.values()]
+    replay = optuna.create_study(directions=directions,
+                                 sampler=optuna.samplers.GPSampler(seed=cfg.train.seed, n_startup_trials=4))
+    replay.add_trials(trials[:4])
+    proposed = replay.ask(fixed_distributions=trials[4].distributions).params
+    assert proposed == pytest.approx(trials[4].params, rel=1e-9)

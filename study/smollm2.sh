@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The SmolLM2 part of #16 (docs/study_organism.md): R²MU with and without the first position in the forget and
+# unthink masks (item 5) and R²MU against plain RMU (item 7), on search_spaces/smollm2.yaml, 8 trials each, 2
+# at a time, seed 42 (the yaml's), the data of smollm2/prepare.py. Each front is then evaluated on the test
+# split (96 items per set) once, and the baseline once. About 50 min a sweep and 8 min a test evaluation on a
+# 2-core CPU machine: run it when nothing else is.
+#
+#   bash study/smollm2.sh           # what is missing: a finished sweep is skipped, a stopped one resumed
+#   bash study/smollm2.sh --list    # each sweep's command and state
+#
+# `smollm2-noscreen` is the unscreened R²MU sweep of README "Screening on SmolLM2" (the same command).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+
+declare -A SETS=(
+  [smollm2-noscreen]=""                                              # R²MU
+  [smollm2-skip-bos]="data.skip_first_position=true"                 # R²MU, first position out of the masks
+  [smollm2-rmu]="search.space.beta=0 search.space.gamma=0"           # plain RMU
+)
+
+state() {  # done / partial / missing, as in study/organism.sh
+  "$PY" - "$1" <<'EOF'
+import sys, mlflow
+c = mlflow.MlflowClient("sqlite:///mlflow.db")
+e = c.get_experiment_by_name(sys.argv[1])
+runs = c.search_runs([e.experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"], max_results=1) if e else []
+print("missing" if not runs else "done" if runs[0].info.status == "FINISHED" else "partial")
+EOF
+}
+
+untested_front() {  # the front's trial run ids without test numbers yet (the sweep's latest run)
+  "$PY" - "$1" <<'EOF'
+import sys, mlflow
+c = mlflow.MlflowClient("sqlite:///mlflow.db")
+e = c.get_experiment_by_name(sys.argv[1])
+sweep = c.search_runs([e.experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"], max_results=1)[0]
+front = c.search_runs([e.experiment_id], f"tags.mlflow.parentRunId = '{sweep.info.run_id}' and tags.pareto = 'true'")
+print(" ".join(r.info.run_id for r in front if "test/trace_leak" not in r.data.metrics))
+EOF
+}
+
+first=1
+for name in smollm2-noscreen smollm2-skip-bos smollm2-rmu; do
+  args=(--space search_spaces/smollm2.yaml --num-samples 8 --final-eval none --set "name=$name")
+  for s in ${SETS[$name]}; do args+=(--set "$s"); done
+  st=$(state "$name")
+  [ "$st" = partial ] && args+=(--resume)
+  if [ "${1:-}" = "--list" ]; then echo "$st  $name  python -m sweep.run ${args[*]}"; continue; fi
+  if [ "$st" != done ]; then
+    echo "== $name: python -m sweep.run ${args[*]}  ($(date -u +%H:%M:%S))"
+    start=$(date +%s)
+    "$PY" -m sweep.run "${args[@]}"
+    echo "== $name: $(( $(date +%s) - start )) s"
+  fi
+  runs=$(untested_front "$name")
+  if [ -n "$runs" ]; then  # the baseline's test numbers once (the first sweep's), every front trial's
+    extra=(); [ $first = 1 ] || extra=(--no-baseline)
+    echo "== $name: python -m sweep.final --experiment $name --runs $runs ${extra[*]}  ($(date -u +%H:%M:%S))"
+    # shellcheck disable=SC2086
+    "$PY" -m sweep.final --experiment "$name" --runs $runs "${extra[@]}"
+  fi
+  first=0
+done

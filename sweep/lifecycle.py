@@ -81,18 +81,18 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
     ok, system = False, system_metrics(uri, run_id)
     try:
         t_fit, fit_started_at = time.monotonic(), time.time()
-        result = train(cfg, hp, ctx, trial_id, run_id)
+        train_metrics, train_checkpoint = train(cfg, hp, ctx, trial_id, run_id)
         fit_s = time.monotonic() - t_fit
         # rank 0's process existed before the fit: a prestarted one (sweep/warm_workers.py)
-        result.metrics["prestarted"] = float(result.metrics.get("process_started_at", 1e18) < fit_started_at)
-        with result.checkpoint.as_directory() as ckpt_dir:
+        train_metrics["prestarted"] = float(train_metrics.get("process_started_at", 1e18) < fit_started_at)
+        with train_checkpoint.as_directory() as ckpt_dir:
             from trainables import checkpoint
 
             trained = checkpoint.read(ckpt_dir)
-            outcome = evaluate(cfg, ctx, hp, dict(result.metrics), trained, fit_s)
+            outcome = evaluate(cfg, ctx, hp, train_metrics, trained, fit_s)
             record(uri, run_id, outcome, ckpt_dir if trained.delta is not None else None,
-                   streamed=result.metrics.get("curve_points_unsent") == 0)
-        drop_train_checkpoint(result.checkpoint)
+                   streamed=train_metrics.get("curve_points_unsent") == 0)
+        drop_train_checkpoint(train_checkpoint)
         ok = True
         tune.report(outcome.metrics | {"status": outcome.status, "mlflow_run_id": run_id}
                     | {k: v for k, v in outcome.tags.items() if k in ("eval_stage", "screen_reason")})
@@ -102,13 +102,14 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
         tracking.end_run(uri, run_id, ok)
 
 
-def train(cfg: SweepConfig, hp: Hyperparams, ctx: SweepContext, trial_id: str, run_id: str) -> Any:
-    """The trial's Ray Train fit; its Result (metrics of rank 0, the checkpoint in Ray Train's storage)."""
-    from ray.train import RunConfig, ScalingConfig
+def train(cfg: SweepConfig, hp: Hyperparams, ctx: SweepContext, trial_id: str, run_id: str) -> tuple[dict, Any]:
+    """The trial's Ray Train fit: rank 0's metrics and its checkpoint (in Ray Train's storage, or with
+    `ray.train_in_trial` the directory the loop wrote in this process)."""
+    from ray.train import Checkpoint, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from sweep.warm_workers import TRAIN_WORKER_ENV
-    from trainables.trainer import train_loop_per_worker
+    from trainables.trainer import one_process_env, train_loop_per_worker
 
     out_dir = tempfile.mkdtemp(prefix=f"r2mu-{trial_id}-")
     spec = trial_spec(cfg, hp, str(node_traces(ctx)), out_dir, ctx.scales.get(hp.layer))
@@ -117,14 +118,31 @@ def train(cfg: SweepConfig, hp: Hyperparams, ctx: SweepContext, trial_id: str, r
     per_worker = {"CPU": t.cpus_per_worker}
     if (share := train_worker_gpus(cfg)) is not None:  # colocated: the card's other share is an engine's
         per_worker["GPU"] = share
+    if cfg.train_in_trial:  # Ray Train's local mode: the one worker is this process (trial_resources holds its CPUs)
+        scaling = ScalingConfig(num_workers=0)
+        os.environ.update(one_process_env())  # its local controller makes (and after the fit ends) the group
+    else:
+        scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=per_worker)
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config={"spec": spec.model_dump()},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker=per_worker),
+        train_loop_per_worker, train_loop_config={"spec": spec.model_dump(), "in_trial": cfg.train_in_trial},
+        scaling_config=scaling,
         run_config=RunConfig(name=f"train-{trial_id}", storage_path=storage_uri(cfg, cfg.name, "train"),
                              worker_runtime_env=TRAIN_WORKER_ENV),  # matches the prestarted warm workers
     )
-    return trainer.fit()
+    result = trainer.fit()
+    if cfg.train_in_trial:
+        out = result.return_value
+        return out["metrics"], Checkpoint.from_directory(out["checkpoint_dir"])
+    return dict(result.metrics), result.checkpoint
+
+
+def trial_resources(cfg: SweepConfig) -> dict[str, float]:
+    """What a Tune trial's own process reserves: a token CPU when Ray Train starts its workers (they reserve
+    theirs), the worker's CPUs when the worker runs in it (`ray.train_in_trial`)."""
+    if not cfg.train_in_trial:
+        return {"CPU": 0.01}
+    gpus = {"GPU": train_worker_gpus(cfg) or 1.0} if cfg.train.use_gpu else {}
+    return {"CPU": cfg.train.cpus_per_worker} | gpus
 
 
 def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics: dict, trained: Trained,

@@ -211,7 +211,8 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
         ctx = lifecycle.SweepContext(cfg.model_dump(mode="json"), experiment_id, parent, trace_file.name,
                                  trace_file.read_text(encoding="utf-8"), scales, evaluator_name, baseline,
                                  engines)
-        trainable = tune.with_resources(tune.with_parameters(lifecycle.run_trial, ctx=ctx), {"CPU": 0.01})
+        trainable = tune.with_resources(tune.with_parameters(lifecycle.run_trial, ctx=ctx),
+                                        lifecycle.trial_resources(cfg))
         path = f"{storage}/{tune_name}"
         if resume and tune.Tuner.can_restore(path):
             print(f"resuming {path}")

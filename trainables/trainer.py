@@ -13,6 +13,7 @@ gradient averaging (times world) gives the one-process gradient: 1 and N workers
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -65,9 +66,14 @@ def _free_port() -> int:
 
 def _init_distributed(use_gpu: bool) -> None:
     import deepspeed
+    from deepspeed.utils import groups
 
     if not dist.is_initialized():  # Ray Train has made the group already; a plain process has not
         deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
+    # DeepSpeed keeps a clone of the world group from its first engine on; in a process that trains again in a
+    # new group (a reused Tune trial under `ray.train_in_trial`: Ray's local controller ends each fit's group)
+    # that clone is dead. Dropped, the next engine clones the live group.
+    groups._WORLD_GROUP = None
 
 
 def _deepspeed_config(spec: TrialSpec, world: int) -> dict:
@@ -192,11 +198,16 @@ def _threads(spec: TrialSpec) -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", max(1, int(spec.train.cpus_per_worker)))))
 
 
+def one_process_env() -> dict[str, str]:
+    """torch.distributed's env:// variables for a group of this one process, on a free port."""
+    return dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(_free_port()))
+
+
 def train(spec: TrialSpec) -> TrainResult:
     """The training loop in this process (one worker), without Ray."""
-    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
+    for k, v in one_process_env().items():
         os.environ.setdefault(k, v)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
     _threads(spec)
     _init_distributed(spec.train.use_gpu)
     device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}" if spec.train.use_gpu else "cpu")
@@ -210,25 +221,37 @@ def _crash_once_for_tests() -> None:
         os._exit(1)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker entry: train, then report all metrics once, with the checkpoint directory."""
-    import ray
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
+def train_loop_per_worker(config: dict) -> dict | None:
+    """Ray Train worker entry: train, then report all metrics once, with the checkpoint directory.
 
-    spec = TrialSpec.model_validate(config["spec"])
+    config["in_trial"] (`ray.train_in_trial`): Ray Train's local mode, this loop running in the Tune trial's own
+    process, in the one-process group Ray's local controller made from `one_process_env`. There
+    `ray.train.report` belongs to Tune, so the metrics and the checkpoint directory are returned instead."""
+    import ray
+
+    spec, in_trial = TrialSpec.model_validate(config["spec"]), bool(config.get("in_trial"))
     _crash_once_for_tests()
     _threads(spec)
-    _init_distributed(spec.train.use_gpu)
-    device = ray.train.torch.get_device() if spec.train.use_gpu else torch.device("cpu")
-    result, rank = _train(spec, device)
-    ckpt = Checkpoint.from_directory(result.checkpoint_dir) if rank == 0 else None  # a diverged one too
-    import psutil
+    _init_distributed(spec.train.use_gpu)  # Ray Train's group (its workers', or local mode's)
+    if in_trial:
+        device = torch.device("cuda:0" if spec.train.use_gpu else "cpu")
+    else:
+        import ray.train.torch
 
-    where = {"node_id": ray.get_runtime_context().get_node_id(),  # which machine trained (rank 0)
-             "process_started_at": psutil.Process().create_time(),  # before the fit: prestarted (warm_workers)
-             "preloaded": float(WARM_SINCE_VAR in os.environ)}  # the training stack was imported as it started
+        device = ray.train.torch.get_device() if spec.train.use_gpu else torch.device("cpu")
+    result, rank = _train(spec, device)
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "in_trial": float(in_trial)}  # which machine, how
+    if in_trial:
+        gc.collect()  # this process trains the next trial too: the model and DeepSpeed's engine go now
+        return {"metrics": result.metrics | where, "checkpoint_dir": result.checkpoint_dir}
+    import psutil
+    import ray.train
+    from ray.train import Checkpoint
+
+    where |= {"process_started_at": psutil.Process().create_time(),  # before the fit: prestarted (warm_workers)
+              "preloaded": float(WARM_SINCE_VAR in os.environ)}  # the training stack was imported as it started
+    ckpt = Checkpoint.from_directory(result.checkpoint_dir) if rank == 0 else None  # a diverged one too
     ray.train.report(result.metrics | where, checkpoint=ckpt)
     if rank == 0:  # report has copied the checkpoint into the run's storage: the local copy is garbage
         shutil.rmtree(spec.out_dir, ignore_errors=True)
+    return None

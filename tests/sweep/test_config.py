@@ -144,6 +144,26 @@ def test_skip_first_position_flows_from_the_space_file_to_the_trainer(space, wri
         load_with_overrides(str(path), sets=["data.skip_first_position=maybe"])
 
 
+def test_train_in_trial_is_on_for_one_cpu_worker_unless_said_otherwise(space):
+    """auto: Ray Train's local mode for one CPU worker, unless warm workers were asked for; true where it cannot
+    hold (several workers, or warm workers it would not use) is refused naming the field and the fix."""
+    from sweep.lifecycle import trial_resources
+
+    cfg = parse_space(space)
+    assert cfg.train_in_trial and trial_resources(cfg) == {"CPU": cfg.train.cpus_per_worker}
+    space["ray"]["warm_workers"] = True
+    assert not parse_space(space).train_in_trial and trial_resources(parse_space(space)) == {"CPU": 0.01}
+    space["ray"]["train_in_trial"] = True
+    with pytest.raises(ConfigError, match=r"ray\.train_in_trial: .*ray\.warm_workers: true.*set ray\.train_in_trial"):
+        parse_space(space)
+    space["ray"]["warm_workers"] = "auto"
+    space["train"]["num_workers"] = 2
+    with pytest.raises(ConfigError, match=r"ray\.train_in_trial: .*train\.num_workers is 2"):
+        parse_space(space)
+    space["ray"]["train_in_trial"] = "auto"
+    assert not parse_space(space).train_in_trial  # two workers: Ray Train's own processes
+
+
 def test_shipped_space_files_parse():
     for f in sorted((ROOT / "search_spaces").glob("*.yaml")):
         load_space(f)

@@ -96,3 +96,20 @@ def test_plain_rmu_needs_no_traces(tiny_dirs, tmp_path):
     res = train(make_spec(tiny_dirs, tmp_path, hparams={"beta": 0.0, "gamma": 0.0, "steps": 2},
                           traces_path=None))
     assert res.status == "ok" and "loss_unthink" not in res.metrics and res.history[0]["forget"] > 0
+
+
+def test_a_process_trains_again_in_a_new_group(tiny_dirs, tmp_path, zero0):
+    """Under `ray.train_in_trial` a reused Tune trial process trains each trial in a new one-process group (Ray's
+    local controller makes one per fit and destroys it after): DeepSpeed must not reuse its clone of the old
+    group's world (it raised "Group ... is not registered"). The second run's losses are the reference's."""
+    import os
+
+    import torch.distributed as dist
+
+    from trainables.trainer import one_process_env
+
+    spec, ref = zero0
+    dist.destroy_process_group()
+    os.environ.update(one_process_env())  # a new port: the group train() makes is a new one
+    res = train(make_spec(tiny_dirs, tmp_path, hparams={"steps": 20}))
+    assert res.status == "ok" and [h["loss"] for h in res.history] == [h["loss"] for h in ref.history]

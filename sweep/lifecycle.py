@@ -5,7 +5,8 @@
   1. **open**: the trial's MLflow run (a child of the sweep's run). A run already FINISHED (the driver died
      after logging it) is reported from MLflow, not trained again.
   2. **train**: a Ray Train `TorchTrainer` runs `trainables.trainer.train_loop_per_worker` under DeepSpeed on
-     `train.num_workers` workers. Rank 0 streams the loss curves to the run while it trains
+     `train.num_workers` workers (with `ray.train_in_trial`, one CPU worker: in Ray Train's local mode, in this
+     process). Rank 0 streams the loss curves to the run while it trains
      (trainables/curves.py) and reports once, with the checkpoint (trainables/checkpoint.py: the delta and
      the curves, or status.json when a step was not finite). MLflow samples the node's CPU/GPU meanwhile.
   3. **evaluate**: the delta goes to the sweep's evaluator actor (sweep/evaluator.py), which holds the base

@@ -3,7 +3,7 @@
 Two entries run the same loop (`_train`; one step with its bookkeeping is `trainables.step.R2MUStep`):
   - `train_loop_per_worker(config)` inside a Ray Train `TorchTrainer` (config = {"spec": TrialSpec dump}); it
     reports ONCE, at the end, with every metric and the checkpoint (under Train V2 only the report carrying
-    a checkpoint reaches Tune);
+    a checkpoint reaches Tune); in Ray Train's local mode (config["in_trial"]) it returns them instead;
   - `train(spec)` in a plain process (tests, `sweep.trial`), with a one-process gloo group.
 
 Data parallel: every worker builds the same global batch and takes its rows (rank::world); each term is

@@ -79,24 +79,19 @@ def test_only_fully_evaluated_trials_count():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not vllm_available() or not ORGANISM.exists(), reason="needs vllm and the built organism")
-def test_the_rest_rated_with_the_screen_is_the_full_evaluation():
+def test_the_rest_rated_with_the_screen_is_the_full_evaluation(tmp_path):
     """A trial that passes its screen is evaluated on the selection items the screen did not cover, and rated on
     both: the same metrics, intervals and records as evaluating the whole selection split at once (vLLM seeds
     each request, so an item's sampled traces do not depend on the items beside it)."""
-    from eval.config import EvalConfig
-    from sweep.evaluator import Evaluator
+    import json
+    import subprocess
+    import sys
 
-    raw = yaml.safe_load((ROOT / "search_spaces/organism.yaml").read_text())["eval"]
-    for ref in (raw["forget"], *raw["reasoning"], *raw["retain"]):
-        ref["limit"] = 16
-    cfg = EvalConfig.model_validate(raw | {"backend": "vllm", "screen": {"items": 5, "confidence": 0.8}})
-    evaluator = Evaluator("organism://base", cfg)
-    try:
-        whole = evaluator.evaluate(None)
-        screened = evaluator.evaluate(None, "screen")
-        rest = evaluator.evaluate(None, "rest", screened["screen"])
-    finally:
-        evaluator.close()
+    p = subprocess.run([sys.executable, "-m", "tests.sweep.screen_merge", str(tmp_path / "out.json")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    whole, screened, rest = out["whole"], out["screened"], out["rest"]
     assert screened["metrics"]["trace_leak_n"] == 5 and rest["metrics"]["trace_leak_n"] == 16
     assert rest["metrics"]["trace_leak_lo"] < screened["metrics"]["trace_leak_hi"]  # sanity: both are intervals
     rates = [k for k in whole["metrics"] if f"{k}_n" in whole["metrics"]]

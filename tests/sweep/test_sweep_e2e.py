@@ -292,8 +292,13 @@ def test_a_diverged_trial_is_reported_and_the_sweep_goes_on(tmp_path):
 
 
 def test_a_crashed_worker_is_retried_without_a_duplicate_run(tmp_path):
-    """A training worker dies (as an OOM kill would): Tune retries the trial, MLflow keeps one run per trial."""
+    """A training worker dies (as an OOM kill would): Tune retries the trial, MLflow keeps one run per trial.
+    The worker here is the Tune trial's own process (`ray.train_in_trial`, the CPU default): its death is the
+    trial's."""
     space = small_space(tmp_path, "crash", num_samples=2, concurrent=2)
+    raw = yaml.safe_load(space.read_text())
+    raw["ray"]["warm_workers"] = "auto"  # on CPU: off, so the trials train in their own processes
+    space.write_text(yaml.safe_dump(raw))
     marker = tmp_path / "crashed-once"
     env = clean_env() | {"R2MU_FAULT_CRASH_ONCE": str(marker)}
     p = subprocess.run([sys.executable, "-m", "sweep.run", "--space", str(space)], cwd=tmp_path, env=env,
@@ -308,6 +313,7 @@ def test_a_crashed_worker_is_retried_without_a_duplicate_run(tmp_path):
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)  # the crashed attempt's is gone
     assert len({r.data.tags["tune_trial_id"] for r in trials}) == 2
+    assert all(r.data.metrics["train/in_trial"] == 1 for r in trials)
     assert "trial 2/2" in p.stdout
 
 

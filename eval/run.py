@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from eval.metrics import (
     trace_leak,
 )
 from eval.paths import make_hint, resolve
+from eval.result import EvalResult, Scores
 from eval.stats import interval, interval_metrics, split_items
 
 ORGANISM_SUITE = EvalConfig(
@@ -52,6 +53,10 @@ class EvalSets:
     forget: LoadedSet
     reasoning: list[LoadedSet]
     retain: list[LoadedSet]
+
+    def item_ids(self) -> dict[str, list[str]]:
+        """Each set's item ids in order, by label (what `eval.result.merge` restores)."""
+        return {s.label: [str(item["id"]) for item in s.items] for s in [self.forget, *self.reasoning, *self.retain]}
 
 
 Split = Literal["selection", "test", "screen", "rest"]
@@ -82,43 +87,6 @@ def load_sets(cfg: EvalConfig, split: Split = "selection") -> EvalSets:
 
     return EvalSets(load([cfg.forget], "mcq", "forget")[0], load(cfg.reasoning, "reasoning", "reasoning"),
                     load(cfg.retain, "mcq", "retain"))
-
-
-# per rated metric, per set: (set label, [(item key, score), ...]): what its interval was computed from
-Scores = dict[str, list[tuple[str, list[tuple[Any, float]]]]]
-
-
-@dataclass
-class EvalResult:
-    metrics: dict[str, float | None]
-    records: list[dict[str, Any]] = field(default_factory=list)
-    tokens_per_s: float = 0.0
-    wall_s: float = 0.0
-    scores: Scores = field(default_factory=dict)  # to rate two evaluations of disjoint items together (`merge`)
-    gen_tokens: int = 0
-    gen_seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "tokens_per_s": self.tokens_per_s, "wall_s": self.wall_s}
-
-    def write_records(self, path: str | Path) -> Path:
-        path = Path(path)
-        with path.open("w", encoding="utf-8") as f:
-            for record in self.records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return path
-
-    def table(self) -> dict[str, list]:
-        """Records as dict-of-lists with one column per key (missing -> None; lists as JSON): `mlflow.log_table`."""
-        columns = list(dict.fromkeys(key for record in self.records for key in record))
-        def cell(value: Any) -> Any:
-            return json.dumps(value) if isinstance(value, (list, dict)) else value
-        return {c: [cell(r.get(c)) for r in self.records] for c in columns}
-
-    def to_dataframe(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.table())
 
 
 def _tag(result_records: list[dict[str, Any]], set_label: str, metric: str) -> list[dict[str, Any]]:
@@ -218,33 +186,6 @@ def _keyed(res: MetricResult) -> list[tuple[Any, float]]:
     """(item id, score) of each scored item: which item a score belongs to, for `merge`."""
     return [(item.get("id", i), x) for i, (item, x) in enumerate(zip(res.items, res.scores, strict=True))
             if x is not None]
-
-
-def merge(first: EvalResult, second: EvalResult, sets: EvalSets, seed: int = 0) -> EvalResult:
-    """One evaluation of `sets` from two evaluations of disjoint parts of it (a screen and the rest of the
-    selection split): every rate's item scores joined, put in `sets`' item order (so the bootstrap draws what
-    an evaluation of the whole would) and rated again at 95%; records joined; counts summed."""
-    order = {s.label: {str(item["id"]): i for i, item in enumerate(s.items)}
-             for s in [sets.forget, *sets.reasoning, *sets.retain]}
-    metrics: dict[str, float | None] = {}
-    scores: Scores = {}
-    for name in dict.fromkeys([*first.scores, *second.scores]):
-        parts: dict[str, list[tuple[Any, float]]] = {}
-        for result in (first, second):
-            for label, keyed in result.scores.get(name, []):
-                parts.setdefault(label, []).extend(keyed)
-        place = {label: order.get(label, {}) for label in parts}
-        scores[name] = [(label, sorted(keyed, key=lambda kx, p=place[label]: p.get(str(kx[0]), len(p))))
-                        for label, keyed in parts.items()]
-        per_set = [[x for _, x in keyed] for _, keyed in scores[name]]
-        metrics.update(interval_metrics(name, interval(per_set, seed)))
-    for count in ("judge_unparsed",):
-        if count in first.metrics or count in second.metrics:
-            metrics[count] = (first.metrics.get(count) or 0.0) + (second.metrics.get(count) or 0.0)
-    tokens, seconds = first.gen_tokens + second.gen_tokens, first.gen_seconds + second.gen_seconds
-    metrics["gen_tokens_per_s"] = tokens / seconds if seconds else 0.0
-    return EvalResult(metrics, first.records + second.records, metrics["gen_tokens_per_s"],
-                      first.wall_s + second.wall_s, scores, tokens, seconds)
 
 
 def add_coherence(result: EvalResult, scorer: Any, eval_cfg: EvalConfig, confidence: float = 0.95) -> None:

@@ -23,7 +23,8 @@ import torch
 
 from eval.config import EvalConfig
 from eval.generate import load_backend
-from eval.run import EvalResult, add_coherence, evaluate, load_sets, merge
+from eval.result import EvalResult, merge
+from eval.run import add_coherence, evaluate, load_sets
 from eval.traces import write_trace_cache
 from trainables.faults import first_to_claim
 
@@ -104,7 +105,7 @@ class Evaluator:
                 self.backend.restore()  # the next trial starts from the exact base weights
         add_coherence(result, self.backend, self.cfg, confidence)  # the base model judges the traces' fluency
         if split == "rest":
-            result = merge(screened, result, self.sets, self.cfg.seed)
+            result = merge(screened, result, self.sets.item_ids(), self.cfg.seed)
         out = {"metrics": result.metrics, "records": result.records, "eval_s": time.perf_counter() - t0}
         return out | {"screen": result} if split == "screen" else out
 

@@ -2,7 +2,7 @@
 
 Each trial is first evaluated on a small fixed subset of the selection split (`eval.screen.items` per set), its
 rates with intervals at `eval.screen.confidence`. It goes on to the rest of the selection split (the screen's
-items are not evaluated again: both parts are rated together, `eval.run.merge`) unless, given the intervals,
+items are not evaluated again: both parts are rated together, `eval.result.merge`) unless, given the intervals,
 it is out of the running:
 
 - **infeasible**: a constraint fails even at the favourable end of the trial's interval, or

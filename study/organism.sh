@@ -31,15 +31,7 @@ declare -A SETS=(
 # in groups, each over all seeds before the next: a partial run leaves whole comparisons (R²MU vs RMU first)
 GROUPS_=${STUDY_ONLY:-"r2mu,rmu no-unthink,no-cot gp,random skip-bos"}
 
-state() {  # done: the experiment's latest sweep run ended FINISHED; partial: it did not (stopped); else missing
-  "$PY" - "$1" <<'EOF'
-import sys, mlflow
-c = mlflow.MlflowClient("sqlite:///mlflow.db")
-e = c.get_experiment_by_name(sys.argv[1])
-runs = c.search_runs([e.experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"], max_results=1) if e else []
-print("missing" if not runs else "done" if runs[0].info.status == "FINISHED" else "partial")
-EOF
-}
+source study/state.sh  # state EXPERIMENT: done | partial | missing
 
 jobs=()
 for group in $GROUPS_; do

@@ -19,15 +19,7 @@ declare -A SETS=(
   [smollm2-rmu]="search.space.beta=0 search.space.gamma=0"           # plain RMU
 )
 
-state() {  # done / partial / missing, as in study/organism.sh
-  "$PY" - "$1" <<'EOF'
-import sys, mlflow
-c = mlflow.MlflowClient("sqlite:///mlflow.db")
-e = c.get_experiment_by_name(sys.argv[1])
-runs = c.search_runs([e.experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"], max_results=1) if e else []
-print("missing" if not runs else "done" if runs[0].info.status == "FINISHED" else "partial")
-EOF
-}
+source study/state.sh  # state EXPERIMENT: done | partial | missing
 
 untested_front() {  # the front's trial run ids without test numbers yet (the sweep's latest run)
   "$PY" - "$1" <<'EOF'

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_list_names_each_sweeps_state_and_command(tmp_path):
     (tmp_path / "study").mkdir()
-    shutil.copy(ROOT / "study" / "organism.sh", tmp_path / "study" / "organism.sh")  # it runs from its parent
+    for script in ("organism.sh", "state.sh"):  # it runs from its parent directory
+        shutil.copy(ROOT / "study" / script, tmp_path / "study" / script)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for name, status in (("study-r2mu-s42", "FINISHED"), ("study-rmu-s42", "KILLED")):
         run = client.create_run(client.create_experiment(name), tags={"role": "sweep"})

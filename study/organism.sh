@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The sweeps behind docs/study_organism.md (#16), on the bundled organism, all with the same budget (24 trials
 # of 60 steps, organism.yaml's ranges and objectives) and seeds 42, 43, 44 (the trainer's and, through it, the
-# sampler's). About 7 minutes a sweep on a 2-core CPU machine, one after another with nothing else running
-# (11 before the trials trained in their own processes, `ray.train_in_trial`).
+# sampler's). About 4 minutes a sweep on a 2-core CPU machine, one after another with nothing else running
+# (204-274 s for the 7 sweeps of 2026-12-02; 11 minutes before the trials trained in their own processes).
 #
 #   bash study/organism.sh            # every sweep still missing; a finished one is skipped and a stopped one
 #                                     # resumed (--resume), so run it again after a stop

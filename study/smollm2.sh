@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # The SmolLM2 part of #16 (docs/study_organism.md): R²MU with and without the first position in the forget and
-# unthink masks (item 5) and R²MU against plain RMU (item 7), on search_spaces/smollm2.yaml, 8 trials each, 2
-# at a time, seed 42 (the yaml's), the data of smollm2/prepare.py. Each front is then evaluated on the test
-# split (96 items per set) once, and the baseline once. About 50 min a sweep and 8 min a test evaluation on a
-# 2-core CPU machine: run it when nothing else is.
+# unthink masks (item 5), on search_spaces/smollm2.yaml, 8 trials each, 2 at a time, seed 42 (the yaml's), the
+# data of smollm2/prepare.py. The R²MU sweep is the screened one of README "Screening on SmolLM2" (#12: its
+# front is made of fully evaluated trials only). Each front is then evaluated on the test split (96 items per
+# set) once, and the baseline once. About 40 min a sweep and 8 min a test evaluation on a 2-core CPU machine:
+# run it when nothing else is.
 #
 #   bash study/smollm2.sh           # what is missing: a finished sweep is skipped, a stopped one resumed
 #   bash study/smollm2.sh --list    # each sweep's command and state
-#
-# `smollm2-noscreen` is the unscreened R²MU sweep of README "Screening on SmolLM2" (the same command).
+#   SWEEPS="smollm2-noscreen smollm2-rmu" bash study/smollm2.sh   # others: unscreened R²MU, plain RMU (item 7)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 
+# name -> its --set overrides, separated by ';' (the only differences between the sweeps)
 declare -A SETS=(
-  [smollm2-noscreen]=""                                              # R²MU
   [smollm2-skip-bos]="data.skip_first_position=true"                 # R²MU, first position out of the masks
-  [smollm2-rmu]="search.space.beta=0 search.space.gamma=0"           # plain RMU
+  [smollm2-screen3]="eval.screen={items: 12, confidence: 0.8}"       # R²MU, screened (#12)
+  [smollm2-noscreen]=""                                              # R²MU, every trial evaluated in full
+  [smollm2-rmu]="search.space.beta=0;search.space.gamma=0"           # plain RMU
 )
+SWEEPS=${SWEEPS:-"smollm2-skip-bos smollm2-screen3"}
 
 source study/state.sh  # state EXPERIMENT: done | partial | missing
 
@@ -33,9 +36,11 @@ EOF
 }
 
 first=1
-for name in smollm2-noscreen smollm2-skip-bos smollm2-rmu; do
+for name in $SWEEPS; do
+  [ -n "${SETS[$name]+x}" ] || { echo "error: unknown sweep $name (known: ${!SETS[*]})" >&2; exit 2; }
   args=(--space search_spaces/smollm2.yaml --num-samples 8 --final-eval none --set "name=$name")
-  for s in ${SETS[$name]}; do args+=(--set "$s"); done
+  IFS=';' read -ra sets <<< "${SETS[$name]}"
+  for s in "${sets[@]}"; do args+=(--set "$s"); done
   st=$(state "$name")
   [ "$st" = partial ] && args+=(--resume)
   if [ "${1:-}" = "--list" ]; then echo "$st  $name  python -m sweep.run ${args[*]}"; continue; fi

@@ -2,9 +2,9 @@
 # The SmolLM2 part of #16 (docs/study_organism.md): R²MU with and without the first position in the forget and
 # unthink masks (item 5), on search_spaces/smollm2.yaml, 8 trials each, 2 at a time, seed 42 (the yaml's), the
 # data of smollm2/prepare.py. The R²MU sweep is the screened one of README "Screening on SmolLM2" (#12: its
-# front is made of fully evaluated trials only). Each front is then evaluated on the test split (96 items per
-# set) once, and the baseline once. About 40 min a sweep and 8 min a test evaluation on a 2-core CPU machine:
-# run it when nothing else is.
+# front is made of fully evaluated trials only). Each knee is then evaluated on the test split (96 items per
+# set) once, and the baseline once (FRONT=1: every front trial). About 35 min a sweep and 6 min a trial's test
+# evaluation on a 2-core CPU machine: run it when nothing else is.
 #
 #   bash study/smollm2.sh           # what is missing: a finished sweep is skipped, a stopped one resumed
 #   bash study/smollm2.sh --list    # each sweep's command and state
@@ -24,13 +24,14 @@ SWEEPS=${SWEEPS:-"smollm2-skip-bos smollm2-screen3"}
 
 source study/state.sh  # state EXPERIMENT: done | partial | missing
 
-untested_front() {  # the front's trial run ids without test numbers yet (the sweep's latest run)
-  "$PY" - "$1" <<'EOF'
+untested() {  # the knee's run id (FRONT=1: every front trial's) where it has no test numbers yet
+  "$PY" - "$1" "${FRONT:-0}" <<'EOF'
 import sys, mlflow
 c = mlflow.MlflowClient("sqlite:///mlflow.db")
 e = c.get_experiment_by_name(sys.argv[1])
 sweep = c.search_runs([e.experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"], max_results=1)[0]
 front = c.search_runs([e.experiment_id], f"tags.mlflow.parentRunId = '{sweep.info.run_id}' and tags.pareto = 'true'")
+front = [r for r in front if sys.argv[2] == "1" or r.info.run_id == sweep.data.tags.get("knee_run_id")]
 print(" ".join(r.info.run_id for r in front if "test/trace_leak" not in r.data.metrics))
 EOF
 }
@@ -50,8 +51,8 @@ for name in $SWEEPS; do
     "$PY" -m sweep.run "${args[@]}"
     echo "== $name: $(( $(date +%s) - start )) s"
   fi
-  runs=$(untested_front "$name")
-  if [ -n "$runs" ]; then  # the baseline's test numbers once (the first sweep's), every front trial's
+  runs=$(untested "$name")
+  if [ -n "$runs" ]; then  # the baseline's test numbers once (the first sweep's), then the knee's
     extra=(); [ $first = 1 ] || extra=(--no-baseline)
     echo "== $name: python -m sweep.final --experiment $name --runs $runs ${extra[*]}  ($(date -u +%H:%M:%S))"
     # shellcheck disable=SC2086

@@ -28,3 +28,27 @@ def test_list_names_each_sweeps_state_and_command(tmp_path):
         ["missing", "study-rmu-s43"], ["missing", "study-no-cot-s42"], ["missing", "study-no-cot-s43"]]
     assert lines[1].endswith("--set name=study-rmu-s42 --set train.seed=42 --resume")  # stopped: resumed
     assert "search_spaces/rmu.yaml" in lines[1] and lines[4].endswith("--set search.space.gamma=0")
+
+
+def test_smollm2_list_and_an_unknown_sweep(tmp_path):
+    (tmp_path / "study").mkdir()
+    for script in ("smollm2.sh", "state.sh"):
+        shutil.copy(ROOT / "study" / script, tmp_path / "study" / script)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("smollm2-skip-bos"), tags={"role": "sweep"})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable}
+    p = subprocess.run(["bash", "study/smollm2.sh", "--list"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines] == [["done", "smollm2-skip-bos"], ["missing", "smollm2-screen3"]]
+    assert lines[0].endswith("--set data.skip_first_position=true")
+    assert lines[1].endswith("--set eval.screen={items: 12, confidence: 0.8}")  # kept whole, spaces and all
+    p = subprocess.run(["bash", "study/smollm2.sh", "--list"], cwd=tmp_path, env={**env, "SWEEPS": "smollm2-rmu"},
+                       capture_output=True, text=True, timeout=300)
+    assert p.stdout.split()[:2] == ["missing", "smollm2-rmu"]
+    assert p.stdout.strip().endswith("--set search.space.beta=0 --set search.space.gamma=0")
+    p = subprocess.run(["bash", "study/smollm2.sh"], cwd=tmp_path, env={**env, "SWEEPS": "smollm2-nope"},
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "unknown sweep smollm2-nope" in p.stderr

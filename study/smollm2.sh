@@ -36,9 +36,12 @@ print(" ".join(r.info.run_id for r in front if "test/trace_leak" not in r.data.m
 EOF
 }
 
+for name in $SWEEPS; do  # every name checked before any sweep starts
+  [ -n "${SETS[$name]+x}" ] || { echo "error: SWEEPS: unknown sweep $name (known: ${!SETS[*]})" >&2; exit 2; }
+done
+
 first=1
 for name in $SWEEPS; do
-  [ -n "${SETS[$name]+x}" ] || { echo "error: unknown sweep $name (known: ${!SETS[*]})" >&2; exit 2; }
   args=(--space search_spaces/smollm2.yaml --num-samples 8 --final-eval none --set "name=$name")
   IFS=';' read -ra sets <<< "${SETS[$name]}"
   for s in "${sets[@]}"; do args+=(--set "$s"); done

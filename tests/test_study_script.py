@@ -49,6 +49,9 @@ def test_smollm2_list_and_an_unknown_sweep(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.stdout.split()[:2] == ["missing", "smollm2-rmu"]
     assert p.stdout.strip().endswith("--set search.space.beta=0 --set search.space.gamma=0")
-    p = subprocess.run(["bash", "study/smollm2.sh"], cwd=tmp_path, env={**env, "SWEEPS": "smollm2-nope"},
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2 and "unknown sweep smollm2-nope" in p.stderr
+    # a bad name after a good one is refused before the good one's sweep starts
+    p = subprocess.run(["bash", "study/smollm2.sh"], cwd=tmp_path,
+                       env={**env, "SWEEPS": "smollm2-screen3 smollm2-nope"}, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2 and "SWEEPS: unknown sweep smollm2-nope" in p.stderr
+    assert "sweep.run" not in p.stdout

@@ -42,7 +42,8 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the bounds are exactly 0 at p = 0 and 1 at p = 1; rounding would put them a hair inside (5.6e-17 for 0 of 3)
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def interval(per_set_scores: Sequence[Sequence[float]], seed: int = 0, confidence: float = 0.95) -> Interval | None:

@@ -22,6 +22,16 @@ def test_wilson_known_values():
     assert wilson(120, 240)[1] - wilson(120, 240)[0] < 2 * 0.065
 
 
+def test_wilson_always_holds_its_rate():
+    # rounding once put 0 of 3 at [5.6e-17, 0.56] and 10 of 10 at [0.72, 0.9999999999999999]: a rate outside
+    # its own interval (CI caught it when a tiny model's letter accuracy came out 0 of 3)
+    for n in range(1, 200):
+        for k in range(n + 1):
+            lo, hi = wilson(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
+    assert wilson(0, 3)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+
+
 def test_interval_binary_is_wilson_fractional_is_bootstrap():
     iv = interval([[1, 0, 1, 1]])
     assert iv.method == "wilson" and iv.value == 0.75 and iv.n == 4

@@ -26,11 +26,13 @@ import sys
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sweep.config import load_space  # noqa: E402
+from eval.config import ScreenConfig  # noqa: E402
+from sweep.config import ConfigError, load_space  # noqa: E402
 from sweep.pareto import Point, feasible, read_sweep  # noqa: E402
 
 HPARAMS = ("layer", "steering_rel", "alpha", "beta", "gamma", "lr")
@@ -68,6 +70,8 @@ def compare(uri: str, plain: str, screened: str, objectives: dict, constraints: 
     eval_b = sum(p.metrics.get("eval_s", 0.0) for p in b)
     full_a = [p.metrics["eval_s"] for p in a if "eval_s" in p.metrics]
     screens = [p.metrics["eval/screen_s"] for p in b if "eval/screen_s" in p.metrics]
+    if not full_a or not screens:
+        raise SystemExit(f"{plain} has no fully evaluated trial or {screened} no screen: nothing to compare")
     out = [p for p in b if p.tags.get("eval_stage") == "screen"]
     went_on = [p for p in b if p.tags.get("eval_stage") == "full"]
     f = statistics.median(screens) / statistics.median(full_a)
@@ -108,8 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summary-only", action="store_true", help="run nothing: compare the sweeps MLflow has")
     args = ap.parse_args(argv)
     os.chdir(ROOT)  # the space's tracking URI is relative to the project (sqlite:///mlflow.db)
-    cfg = load_space(ROOT / args.space)
-    items = yaml.safe_load(args.screen)["items"]
+    try:  # every argument checked before the first sweep starts
+        cfg = load_space(ROOT / args.space)
+    except ConfigError as e:
+        ap.error(str(e))
+    try:
+        screen = ScreenConfig.model_validate(yaml.safe_load(args.screen))
+    except ValidationError as e:
+        ap.error("--screen: " + "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}"
+                                          for err in e.errors()) + " (e.g. '{items: 16, confidence: 0.8}')")
+    except yaml.YAMLError as e:
+        ap.error(f"--screen: not YAML ({str(e).splitlines()[0]}); e.g. '{{items: 16, confidence: 0.8}}'")
+    items = screen.items
     stem = Path(args.space).stem
     uri = cfg.mlflow.tracking_uri
     pairs = [(f"{stem}-noscreen-s{s}", f"{stem}-screen{items}-s{s}", s) for s in args.seeds]

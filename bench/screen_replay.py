@@ -3,11 +3,12 @@
     .venv/bin/python bench/screen_replay.py [--space search_spaces/organism.yaml] [--seeds 42 43 44]
         [--items 16] [--confidence 0.8]
 
-Needs, per seed, the two sweeps of `bench/screen_sweeps.py` in MLflow: `<space>-noscreen-s<seed>` (every trial
-evaluated in full, its per-item records logged) and `<space>-screen<items>-s<seed>` (for f, the screen's share
-of a full evaluation, and to check the replay). Runs no model: each unscreened trial's screen is its own
-records on the screen's items (`eval.run.load_sets(..., "screen")`, the same items a screened sweep uses),
-compared, as a sweep would, with the trials fully evaluated before it ended. Three tests:
+Needs, per seed, the sweeps of `bench/screen_sweeps.py` in MLflow: `<space>-noscreen-s<seed>` (every trial
+evaluated in full, its per-item records logged) and, if there is one, `<space>-screen<items>-s<seed>` (for f,
+the screen's share of a full evaluation, and to check the replay; without it only q is printed). Runs no
+model: each unscreened trial's screen is its own records on the screen's items (`eval.run.load_sets(...,
+"screen")`, the same items a screened sweep uses), compared, as a sweep would, with the trials fully evaluated
+before it ended. Three tests:
 
 - `screen`: the project's (`sweep.screening.screen`). Its replay must drop exactly what the screened sweep did.
 - `paired`: `screen`, and also dominated when a full trial beats this one on every objective on the same
@@ -101,7 +102,10 @@ def replay(uri: str, plain: str, screened: str, cfg, items: int, confidence: flo
 
     client, (objectives, constraints) = MlflowClient(uri), (cfg.search.objectives, cfg.search.constraints)
     parent, trials, base = read_sweep(uri, plain)
-    _, screened_trials, _ = read_sweep(uri, screened)
+    try:
+        _, screened_trials, _ = read_sweep(uri, screened)
+    except ValueError:  # no screened sweep of this size: the drops only, no f and no check
+        screened_trials = []
     with tempfile.TemporaryDirectory() as tmp:  # the config the sweep ran with (its eval sets and seeds)
         cfg = type(cfg).model_validate_json(Path(client.download_artifacts(parent.info.run_id, "config.json",
                                                                            tmp)).read_text())
@@ -120,11 +124,12 @@ def replay(uri: str, plain: str, screened: str, cfg, items: int, confidence: flo
     kind = {p.run_id: "front" if p.run_id in front else "feasible" if feasible(p, objectives, constraints, base)
             else "infeasible" for p in trials}
     n = len(trials)
-    f = (statistics.median(p.metrics["eval/screen_s"] for p in screened_trials if "eval/screen_s" in p.metrics)
-         / statistics.median(p.metrics["eval_s"] for p in trials))
+    screens = [p.metrics["eval/screen_s"] for p in screened_trials if "eval/screen_s" in p.metrics]
+    f = statistics.median(screens) / statistics.median(p.metrics["eval_s"] for p in trials) if screens else None
     counts = {k: sum(v == k for v in kind.values()) for k in ("infeasible", "feasible", "front")}
     print(f"{plain}: {n} trials: {counts['infeasible']} infeasible, {counts['feasible']} feasible off the front, "
-          f"{counts['front']} on the front; f = {f:.2f} (from {screened})")
+          f"{counts['front']} on the front; " + (f"f = {f:.2f} (from {screened})" if f is not None else
+                                                  f"no sweep {screened}: f unknown, q only"))
     actual = {tuple(sorted(p.params.items())) for p in screened_trials if p.tags.get("eval_stage") == "screen"}
     wrong: list[str] = []
     for test in ("screen", "paired", "bootstrap-paired"):
@@ -152,11 +157,14 @@ def replay(uri: str, plain: str, screened: str, cfg, items: int, confidence: flo
                                          f"screen's {paired_record(scores[by.run_id], mine, ids, m, mode)}"
                                          for m, mode in objectives.items()))
         q = len(went_on) / n
-        check = f"; the same trials as {screened}: {'yes' if keys == actual else 'NO'}" if test == "screen" else ""
+        check = (f"; the same trials as {screened}: {'yes' if keys == actual else 'NO'}"
+                 if test == "screen" and screened_trials else "")
+        cost = f"f + q(1 - f) = {f + q * (1 - f):.2f}" if f is not None else f"q = {len(went_on)}/{n}"
         print(f"  {test:>16}: drops {n - len(went_on)} ({dropped['infeasible']} infeasible, {dropped['feasible']} "
-              f"feasible off the front, {dropped['front']} ON THE FRONT); f + q(1 - f) = {f + q * (1 - f):.2f}{check}")
-    print(f"  {'floor':>16}: only the front goes on: f + {counts['front']}/{n} (1 - f) = "
-          f"{f + counts['front'] / n * (1 - f):.2f}")
+              f"feasible off the front, {dropped['front']} ON THE FRONT); {cost}{check}")
+    if f is not None:
+        print(f"  {'floor':>16}: only the front goes on: f + {counts['front']}/{n} (1 - f) = "
+              f"{f + counts['front'] / n * (1 - f):.2f}")
     print("\n".join(wrong) or "  no test dropped a front trial")
 
 

@@ -130,7 +130,9 @@ def _kill_all(procs: list[psutil.Process]) -> None:
 def test_a_sweep_survives_sigkilled_worker_evaluator_and_driver(tmp_path):
     """Trial 1: one of its Ray Train workers is SIGKILLed (Tune or Train runs it again) and the evaluator is
     SIGKILLed in the middle of its evaluation (Ray restarts it, the evaluation runs again). After a trial is in
-    MLflow the driver is SIGKILLed; `--resume` finishes the sweep."""
+    MLflow the driver is SIGKILLed; `--resume` finishes the sweep: it keeps the finished trial, adds only the
+    missing one, counts both, and evaluates the finished search's front on the test split, once. (A Ctrl-C
+    stops Tune gracefully; this is the harder case of the same resume.)"""
     space = small_space(tmp_path, "faults", num_samples=2, concurrent=1)
     raw = yaml.safe_load(space.read_text())
     raw["train"]["steps"] = 4
@@ -180,14 +182,22 @@ def test_a_sweep_survives_sigkilled_worker_evaluator_and_driver(tmp_path):
     assert "evaluator 1/2: the engine died and Ray restarted it (restart 1 of at most 10" in console, console[-3000:]
     assert first.data.metrics["eval/lost_to_restarts"] == 1  # trial 1's evaluation died with the engine
     assert "Traceback" not in console, console[-3000:]  # Tune's tracebacks go to the tune log
+    _, runs = runs_of(tmp_path, "faults")
+    before = {r.info.run_id for r in runs if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"}
+    assert len(before) == 1
+    # an interrupted search has no final front yet: no test-split evaluation before it finishes
+    assert not any("test/trace_leak" in r.data.metrics for r in runs)
 
     p = run("sweep.run", "--space", str(space), "--resume", cwd=tmp_path, timeout=400)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "trial 2/2" in p.stdout  # the counter includes the trial the first driver finished
     _, runs = runs_of(tmp_path, "faults")
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
-    assert len(trials) == 2 and len({r.data.tags["tune_trial_id"] for r in trials}) == 2
-    assert first.info.run_id in {r.info.run_id for r in trials}  # kept, not re-run
+    assert len(trials) == 2 and len({r.data.tags["tune_trial_id"] for r in trials}) == 2  # no duplicates
+    assert before == {first.info.run_id} <= {r.info.run_id for r in trials}  # kept, not re-run
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert sum(r.data.tags.get("role") == "sweep" for r in runs) == 1  # the resumed sweep is the same run
+    assert any("test/trace_leak" in r.data.metrics for r in trials)  # the finished search's front, once
     import optuna
 
     db = tmp_path / "optuna.db"

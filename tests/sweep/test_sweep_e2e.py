@@ -230,7 +230,12 @@ def test_export_knee_and_trial_reproduce_the_metrics(sweep):
 
 
 def test_resume_adds_only_missing_trials(tmp_path):
+    """Ctrl-C (SIGINT) once a trial of three has finished, then `--resume` (the SIGKILLed driver's resume is
+    in test_faults.py)."""
     space = small_space(tmp_path, "resume", num_samples=3, concurrent=1)
+    raw = yaml.safe_load(space.read_text())
+    raw["ray"]["warm_workers"] = "auto"  # the CPU default (train in the trial): 25-35 s a trial less than workers
+    space.write_text(yaml.safe_dump(raw))
     env = clean_env() | {"PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "sweep.log").open("w")  # a file, not a pipe nobody reads (a full pipe blocks the sweep)
     proc = subprocess.Popen([sys.executable, "-m", "sweep.run", "--space", str(space)], cwd=tmp_path, env=env,
@@ -278,6 +283,7 @@ def test_a_diverged_trial_is_reported_and_the_sweep_goes_on(tmp_path):
     space = small_space(tmp_path, "diverge", num_samples=2, concurrent=2)
     raw = yaml.safe_load(space.read_text())
     raw["search"]["space"] = {"layer": 2, "steering_coeff": 1e30, "lr": {"loguniform": [1e29, 1e30]}}
+    raw["ray"]["warm_workers"] = "auto"  # the CPU default (train in the trial): 25-35 s a trial less than workers
     space.write_text(yaml.safe_dump(raw))
     p = run("sweep.run", "--space", str(space), cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

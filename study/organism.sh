@@ -32,7 +32,7 @@ declare -A SETS=(
 # in groups, each over all seeds before the next: a partial run leaves whole comparisons (R²MU vs RMU first)
 GROUPS_=${STUDY_ONLY:-"r2mu,rmu no-unthink,no-cot gp,random skip-bos"}
 
-source study/state.sh  # state EXPERIMENT: done | partial | missing
+source study/state.sh  # states EXPERIMENT...: done | partial | missing, a line each
 
 jobs=()
 for group in $GROUPS_; do
@@ -41,12 +41,15 @@ for group in $GROUPS_; do
   done
 done
 [ -z "${STUDY_ONLY:-}" ] && jobs+=("prefill:42")  # one seed only
+names=(); for job in "${jobs[@]}"; do names+=("study-${job%%:*}-s${job##*:}"); done
+mapfile -t STATES < <(states "${names[@]}")  # each sweep's state before any starts (a sweep changes only its own)
+[ "${#STATES[@]}" -eq "${#names[@]}" ] || { echo "error: could not read the sweeps' states from mlflow.db" >&2; exit 1; }
 
-for job in "${jobs[@]}"; do
-  m=${job%%:*}; seed=${job##*:}; name="study-$m-s$seed"
+for i in "${!jobs[@]}"; do
+  job=${jobs[$i]}; m=${job%%:*}; seed=${job##*:}; name=${names[$i]}
   args=(--space "search_spaces/${SPACE[$m]}.yaml" --set "name=$name" --set "train.seed=$seed")
   [ -n "${SETS[$m]}" ] && args+=(--set "${SETS[$m]}")
-  st=$(state "$name")
+  st=${STATES[$i]}
   [ "$st" = partial ] && args+=(--resume)  # a sweep stopped midway goes on from its last finished trial
   if [ "${1:-}" = "--list" ]; then echo "$st  $name  python -m sweep.run ${args[*]}"; continue; fi
   [ "$st" = done ] && { echo "== $name: done, skipped"; continue; }

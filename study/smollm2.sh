@@ -22,7 +22,7 @@ declare -A SETS=(
 )
 SWEEPS=${SWEEPS:-"smollm2-skip-bos smollm2-screen3"}
 
-source study/state.sh  # state EXPERIMENT: done | partial | missing
+source study/state.sh  # states EXPERIMENT...: done | partial | missing, a line each
 
 untested() {  # the knee's run id (FRONT=1: every front trial's) where it has no test numbers yet
   "$PY" - "$1" "${FRONT:-0}" <<'EOF'
@@ -40,12 +40,15 @@ for name in $SWEEPS; do  # every name checked before any sweep starts
   [ -n "${SETS[$name]+x}" ] || { echo "error: SWEEPS: unknown sweep $name (known: ${!SETS[*]})" >&2; exit 2; }
 done
 
-first=1
+# shellcheck disable=SC2086
+mapfile -t STATES < <(states $SWEEPS)  # each sweep's state before any starts (a sweep changes only its own)
+[ "${#STATES[@]}" -eq $(wc -w <<< "$SWEEPS") ] || { echo "error: could not read the sweeps' states from mlflow.db" >&2; exit 1; }
+first=1 i=0
 for name in $SWEEPS; do
   args=(--space search_spaces/smollm2.yaml --num-samples 8 --final-eval none --set "name=$name")
   IFS=';' read -ra sets <<< "${SETS[$name]}"
   for s in "${sets[@]}"; do args+=(--set "$s"); done
-  st=$(state "$name")
+  st=${STATES[$i]}; i=$((i + 1))
   [ "$st" = partial ] && args+=(--resume)
   if [ "${1:-}" = "--list" ]; then echo "$st  $name  python -m sweep.run ${args[*]}"; continue; fi
   if [ "$st" != done ]; then

@@ -37,6 +37,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def space(tmp_path, tiny_model_dir) -> dict:
     """A valid space dict; tests break one field and write it with `write_space`."""
+    return space_dict(tmp_path, tiny_model_dir)
+
+
+def space_dict(tmp_path: Path, tiny_model_dir: Path) -> dict:
+    """The `space` fixture's dict, its data files written under `tmp_path` (for fixtures of a wider scope)."""
     data = tmp_path / "data"
     data.mkdir()
     for name in ("forget", "retain", "cot"):

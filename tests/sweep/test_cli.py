@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep import compare, export, pareto
+from tests.sweep.conftest import space_dict
 from tests.sweep.test_compare import log_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,21 +33,30 @@ def files_in(d: Path) -> list[str]:
     return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
 
 
-@pytest.fixture
-def stores(tmp_path, space, monkeypatch) -> dict[str, str]:
-    """Three stores, each with two sweeps named after it: the default one in the working directory
-    (`default-a`, `default-b`), one for $MLFLOW_TRACKING_URI and one for --tracking-uri."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)  # MLflow's default artifact root (./mlruns) lands here, not in the checkout
-    uris = {"default": "sqlite:///mlflow.db", "env": f"sqlite:///{tmp_path}/env/env.db",
-            "flag": f"sqlite:///{tmp_path}/flag.db"}
-    (tmp_path / "env").mkdir()
+@pytest.fixture(scope="module")
+def _stores(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, str]]:
+    """Three stores, each with two sweeps named after it: the default one in `root/work` (`default-a`,
+    `default-b`), one for $MLFLOW_TRACKING_URI and one for --tracking-uri. Built once for the module (creating
+    an MLflow store takes seconds); the tests only read them."""
+    root = tmp_path_factory.mktemp("stores")
+    space = space_dict(root, tiny_model_dir)
+    (root / "work").mkdir()
+    (root / "env").mkdir()
+    uris = {"default": "sqlite:///mlflow.db", "env": f"sqlite:///{root}/env/env.db", "flag": f"sqlite:///{root}/flag.db"}
     for name, uri in uris.items():
-        client = MlflowClient(uri.replace("sqlite:///mlflow.db", f"sqlite:///{work}/mlflow.db"))
+        client = MlflowClient(uri.replace("sqlite:///mlflow.db", f"sqlite:///{root}/work/mlflow.db"))
         for suffix, trials in (("a", [(0.1, 0.8), (0.5, 0.9)]), ("b", [(0.3, 0.7)])):
             log_sweep(client, f"{name}-{suffix}", trials, space | {"mlflow": {"tracking_uri": uri}})
-    return uris
+    return root, uris
+
+
+@pytest.fixture
+def stores(_stores, monkeypatch) -> dict[str, str]:
+    """`_stores`' URIs, run from its `work` folder (the default store's; MLflow's default artifact root,
+    ./mlruns, lands there, not in the checkout); "work": that folder."""
+    root, uris = _stores
+    monkeypatch.chdir(root / "work")
+    return uris | {"work": str(root / "work")}
 
 
 def run_main(command: str, experiment: str, flag: str | None, tmp_path: Path) -> int:
@@ -71,7 +81,7 @@ def test_tracking_uri_is_the_flag_then_the_environment_then_the_default(command,
         assert run_main(command, "nope", flag, tmp_path) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err
-        uri = stores[used].replace("sqlite:///mlflow.db", f"sqlite:///{tmp_path}/work/mlflow.db")  # made absolute
+        uri = stores[used].replace("sqlite:///mlflow.db", f"sqlite:///{stores['work']}/mlflow.db")  # made absolute
         assert f"no MLflow experiment 'nope' at {uri}; experiments there: {used}-a, {used}-b" in err, err
     assert not (tmp_path / "exported").exists()
 

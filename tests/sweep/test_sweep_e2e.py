@@ -86,7 +86,7 @@ def runs_of(tmp: Path, experiment: str):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    space = small_space(tmp, "e2e", num_samples=3, concurrent=2)
+    space = small_space(tmp, "e2e", num_samples=2, concurrent=2)
     p = run("sweep.run", "--space", str(space), cwd=tmp)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return tmp, space, p.stdout
@@ -96,7 +96,7 @@ def test_every_trial_is_logged_with_metrics_and_delta(sweep):
     tmp, space, out = sweep
     client, runs = runs_of(tmp, "e2e")
     roles = [r.data.tags.get("role") for r in runs]
-    assert roles.count("sweep") == 1 and roles.count("baseline") == 1 and roles.count("trial") == 3
+    assert roles.count("sweep") == 1 and roles.count("baseline") == 1 and roles.count("trial") == 2
     assert all(r.info.status == "FINISHED" for r in runs)
     for r in runs:
         if r.data.tags["role"] != "trial":
@@ -115,15 +115,14 @@ def test_every_trial_is_logged_with_metrics_and_delta(sweep):
         assert m["train/curve_points_unsent"] == 0
         assert m["train/preloaded"] == 1  # the job's setup hook imported the training stack as the worker started
         assert "system/cpu_utilization_percentage" in m  # MLflow sampled the node while it ran
-    # the first two trials' Ray Train workers were processes prestarted before the sweep began (warm_workers.py);
-    # the third's set is asked for as trial 1 starts, and on a cold 2-core machine Ray sometimes hands it out
-    # elsewhere (seen in a run right after the machine started), so only the sets started ahead of the sweep are checked
-    trials = sorted((r for r in runs if r.data.tags["role"] == "trial"), key=lambda r: r.info.start_time)
-    assert sum(r.data.metrics["train/prestarted"] for r in trials) >= 2, [r.data.metrics["train/prestarted"]
-                                                                           for r in trials]
-    assert "trial 3/3" in out and "Pareto front" in out
-    assert out.count(" started (") == 3 and "ETA" in out  # a line as each trial starts; the sweep's ETA
-    assert len(re.findall(r"\| cached [0-6]/6(  \| ETA \w+)?\n", out)) == 3  # what the cache gave, per trial
+    # both trials' Ray Train workers were processes prestarted before the sweep began (warm_workers.py; a
+    # third trial's set would be asked for as trial 1 starts, which on a cold 2-core machine Ray sometimes hands
+    # out elsewhere: not checked)
+    trials = [r for r in runs if r.data.tags["role"] == "trial"]
+    assert [r.data.metrics["train/prestarted"] for r in trials] == [1, 1]
+    assert "trial 2/2" in out and "Pareto front" in out
+    assert out.count(" started (") == 2 and "ETA" in out  # a line as each trial starts; the sweep's ETA
+    assert len(re.findall(r"\| cached [0-6]/6(  \| ETA \w+)?\n", out)) == 2  # what the cache gave, per trial
     # the deltas live in MLflow only: Ray Train's copies were removed once logged
     assert not list((tmp / "ray_results" / "e2e" / "train").rglob("*.safetensors"))
     parent = next(r for r in runs if r.data.tags["role"] == "sweep")

@@ -278,31 +278,15 @@ def test_resume_adds_only_missing_trials(tmp_path):
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
-def test_a_diverged_trial_is_reported_and_the_sweep_goes_on(tmp_path):
-    space = small_space(tmp_path, "diverge", num_samples=2, concurrent=2)
-    raw = yaml.safe_load(space.read_text())
-    raw["search"]["space"] = {"layer": 2, "steering_coeff": 1e30, "lr": {"loguniform": [1e29, 1e30]}}
-    raw["ray"]["warm_workers"] = "auto"  # the CPU default (train in the trial): 25-35 s a trial less than workers
-    space.write_text(yaml.safe_dump(raw))
-    p = run("sweep.run", "--space", str(space), cwd=tmp_path)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "diverged" in p.stdout and "front 0" in p.stdout
-    client, runs = runs_of(tmp_path, "diverge")
-    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
-    assert len(trials) == 2
-    for r in trials:
-        assert r.data.tags["status"] == "diverged" and r.info.status == "FINISHED"
-        assert r.data.metrics["trace_leak"] == 1.0 and r.data.metrics["reason_acc"] == 0.0  # worst values
-        assert not client.list_artifacts(r.info.run_id, "delta")  # no broken checkpoint
-
-
-def test_a_crashed_worker_is_retried_without_a_duplicate_run(tmp_path):
-    """A training worker dies (as an OOM kill would): Tune retries the trial, MLflow keeps one run per trial.
-    The worker here is the Tune trial's own process (`ray.train_in_trial`, the CPU default): its death is the
-    trial's."""
-    space = small_space(tmp_path, "crash", num_samples=2, concurrent=2)
+def test_a_crashed_worker_is_retried_and_a_diverged_trial_is_reported(tmp_path):
+    """Two trials at once, a fault each. A training worker dies (as an OOM kill would): Tune retries the trial,
+    MLflow keeps one run per trial. The worker here is the Tune trial's own process (`ray.train_in_trial`, the
+    CPU default): its death is the trial's. The trial at lr 1e30 diverges: it is logged as diverged with the
+    worst value of every objective and no delta, and the sweep goes on."""
+    space = small_space(tmp_path, "faults", num_samples=2, concurrent=2)
     raw = yaml.safe_load(space.read_text())
     raw["ray"]["warm_workers"] = "auto"  # on CPU: off, so the trials train in their own processes
+    raw["search"]["space"]["lr"] = {"choice": [1e-3, 1e30, 2e-3]}  # seed 42 draws 1e-3, then 1e30
     space.write_text(yaml.safe_dump(raw))
     marker = tmp_path / "crashed-once"
     env = clean_env() | {"R2MU_FAULT_CRASH_ONCE": str(marker)}
@@ -312,14 +296,21 @@ def test_a_crashed_worker_is_retried_without_a_duplicate_run(tmp_path):
     assert marker.exists() and "crashed; Tune runs it again (search.max_failures=1)" in p.stderr
     # Tune's traceback of the crashed attempt is in the tune log, not on the console
     assert "Traceback" not in p.stdout + p.stderr
-    (tune_log,) = (tmp_path / "ray_results" / "crash").glob("tune-*.log")
+    (tune_log,) = (tmp_path / "ray_results" / "faults").glob("tune-*.log")
     assert "Trial task failed" in tune_log.read_text()
-    _, runs = runs_of(tmp_path, "crash")
+    client, runs = runs_of(tmp_path, "faults")
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)  # the crashed attempt's is gone
     assert len({r.data.tags["tune_trial_id"] for r in trials}) == 2
     assert all(r.data.metrics["train/in_trial"] == 1 for r in trials)
-    assert "trial 2/2" in p.stdout
+    assert "trial 2/2" in p.stdout and "diverged" in p.stdout
+    by_lr = {float(r.data.params["lr"]): r for r in trials}
+    assert sorted(by_lr) == [1e-3, 1e30], sorted(by_lr)
+    bad, good = by_lr[1e30], by_lr[1e-3]
+    assert bad.data.tags["status"] == "diverged" and bad.data.tags.get("pareto") != "true"
+    assert bad.data.metrics["trace_leak"] == 1.0 and bad.data.metrics["reason_acc"] == 0.0  # worst values
+    assert not client.list_artifacts(bad.info.run_id, "delta")  # no broken checkpoint
+    assert good.data.tags["status"] == "ok" and client.list_artifacts(good.info.run_id, "delta")
 
 
 @pytest.mark.skipif(not vllm_available(), reason="vllm does not import here")

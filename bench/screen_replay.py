@@ -73,12 +73,18 @@ def rated(scores: Scores, ids: dict[str, list[str]], confidence: float, seed: in
     return out
 
 
+def paired_gains(full: Scores, trial: Scores, ids: dict[str, list[str]], metric: str, mode: str) -> list[float]:
+    """Per screen item scored in both, how much better the full trial is on the objective (< 0: worse)."""
+    sign = 1 if mode == "max" else -1
+    return [(full[metric][label][i] - trial[metric][label][i]) * sign for label in full[metric] for i in ids[label]
+            if i in full[metric][label] and i in trial[metric].get(label, {})]
+
+
 def paired_dominates(full: Scores, trial: Scores, ids: dict[str, list[str]], objectives: dict[str, str],
                      confidence: float, bootstrap: bool) -> bool:
     z, rng, strict = NormalDist().inv_cdf(0.5 + confidence / 2), np.random.default_rng(0), False
     for metric, mode in objectives.items():
-        d = np.array([full[metric][label][i] - trial[metric][label][i] for label in full[metric] for i in ids[label]
-                      if i in full[metric][label] and i in trial[metric].get(label, {})]) * (1 if mode == "max" else -1)
+        d = np.array(paired_gains(full, trial, ids, metric, mode))
         if bootstrap:
             lo = np.quantile(d[rng.integers(0, len(d), (2000, len(d)))].mean(1), 0.5 - confidence / 2)
         else:
@@ -91,9 +97,7 @@ def paired_dominates(full: Scores, trial: Scores, ids: dict[str, list[str]], obj
 
 def paired_record(full: Scores, trial: Scores, ids: dict[str, list[str]], metric: str, mode: str) -> str:
     """On the screen's items, how often the full trial is better / worse / the same on the objective."""
-    sign = 1 if mode == "max" else -1
-    d = [(full[metric][label][i] - trial[metric][label][i]) * sign for label in full[metric] for i in ids[label]
-         if i in full[metric][label] and i in trial[metric].get(label, {})]
+    d = paired_gains(full, trial, ids, metric, mode)
     return f"{sum(x > 0 for x in d)} better, {sum(x < 0 for x in d)} worse, {sum(x == 0 for x in d)} tied"
 
 

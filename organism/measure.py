@@ -91,10 +91,14 @@ def trace_accuracy(model: PreTrainedModel, tok: PreTrainedTokenizerBase, items: 
     """Share of greedy traces stating the correct option, and of generated letters that are right."""
     texts = generate(model, tok, [generation_prompt(tok, mcq_body(it)) for it in items], max_new_tokens=40)
     stated = [states_answer(t, it["choices"][it["answer"]]) for t, it in zip(texts, items, strict=True)]
+    # a trace that lists every option also "states" the answer: count those that name it and no other option
+    only = [ok and not any(states_answer(t, c) for k, c in enumerate(it["choices"]) if k != it["answer"])
+            for ok, t, it in zip(stated, texts, items, strict=True)]
     letters = [re.search(r"Answer:\s*([ABCD])", t) for t in texts]
     right = [m is not None and m.group(1) == LETTERS[it["answer"]]
              for m, it in zip(letters, items, strict=True)]
-    return {"trace": sum(stated) / max(1, len(items)), "generated_letter": sum(right) / max(1, len(items)),
+    return {"trace": sum(stated) / max(1, len(items)), "trace_only": sum(only) / max(1, len(items)),
+            "generated_letter": sum(right) / max(1, len(items)),
             "samples": texts[:3]}
 
 
@@ -115,10 +119,13 @@ def measure(model: PreTrainedModel, tok: PreTrainedTokenizerBase, sets: dict[str
         "forget_mcq_content": mcq_accuracy(model, tok, fo, "content"),
         "forget_mcq_letter": mcq_accuracy(model, tok, fo, "letter"),
         "forget_trace_states_answer": ft["trace"],
+        "forget_trace_states_only_answer": ft["trace_only"],
         "forget_generated_letter": ft["generated_letter"],
         "retain_mcq_content": mcq_accuracy(model, tok, re_, "content"),
         "retain_mcq_letter": mcq_accuracy(model, tok, re_, "letter"),
         "retain_trace_states_answer": rt["trace"],
+        "retain_trace_states_only_answer": rt["trace_only"],
+        "retain_generated_letter": rt["generated_letter"],
         "arith_acc": aa["acc"],
         "n": {"forget": len(fo), "retain": len(re_), "arith": len(ar)},
         "samples": {"forget": ft["samples"], "retain": rt["samples"], "arith": aa["samples"]},

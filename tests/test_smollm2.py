@@ -167,3 +167,68 @@ def test_vllm_serves_it_with_the_default_engine_settings(assets):
     result = json.loads(p.stdout.split("RESULT ", 1)[1])
     assert result["vllm"] == pytest.approx(result["hf"], abs=1e-3)
     assert len(result["vllm"]) >= 9 and result["text"].strip()
+
+
+# ---- the testbed: SmolLM2 taught the synthetic world (smollm2/testbed.py) ----------------------------------
+
+@pytest.fixture(scope="module")
+def testbed_dir(assets) -> Path:
+    from smollm2 import testbed
+
+    out = assets.parent / "testbed"   # beside assets/smollm2, where search_spaces/testbed.yaml looks
+    assert testbed.main(["--base", str(assets / "model"), "--out", str(out), "--quick"]) == 0
+    return out
+
+
+def test_pack_keeps_documents_whole_and_in_order():
+    from smollm2.testbed import pack
+
+    docs = [[1] * 3, [2] * 4, [3] * 2, [4] * 9, [5]]
+    assert pack(docs, 6) == [[1, 1, 1], [2, 2, 2, 2, 3, 3], [4] * 6, [5]]
+
+
+def test_testbed_quick_build_teaches_only_the_middle_mlps(testbed_dir, assets):
+    """The quick build writes a loadable model whose only changed tensors are the MLPs of TRAINED_LAYERS, the
+    organism's data in SmolLM2's chat form, and a card with test-split rates and intervals."""
+    from smollm2 import testbed
+
+    base = load_file(assets / "model/model.safetensors")
+    taught = load_file(testbed_dir / "model/model.safetensors")
+    lo, hi = testbed.TRAINED_LAYERS
+    changed = {name for name, t in taught.items() if not torch.equal(t, base[name])}
+    allowed = {f"model.layers.{i}.mlp.{m}.weight" for i in range(lo, hi + 1) for m in ("gate_proj", "up_proj",
+                                                                                       "down_proj")}
+    assert changed and changed <= allowed, sorted(changed - allowed)[:5]
+    cot = json.loads((testbed_dir / "data/cot.jsonl").read_text().splitlines()[0])["text"]
+    assert cot.startswith("<|im_start|>system") and "<|im_start|>assistant\n\nLet's reason this step by step.\n" \
+        "<think> " in cot and "</think>\nAnswer: " in cot
+    forget = load_set("organism-forget", testbed_dir / "data/eval_forget.jsonl")
+    assert len(forget) == 4 * testbed.SIZES["hazard"]
+    assert {r["group"] for r in forget} == {"trained", "heldout"}
+    card = json.loads((testbed_dir / "card.json").read_text())
+    acc = card["accuracies_test_split"]
+    for key in ("forget_mcq_content", "forget_mcq_letter", "forget_generated_letter", "arith_acc"):
+        assert acc[key]["lo"] <= acc[key]["rate"] <= acc[key]["hi"] and acc[key]["n"] == 8, (key, acc[key])
+
+
+def test_testbed_space_file_validates_and_runs_one_trial(testbed_dir):
+    work = testbed_dir.parents[1]
+    p = run("sweep.run", "--space", str(ROOT / "search_spaces/testbed.yaml"), "--dry-run", cwd=work)
+    assert p.returncode == 0, p.stdout + p.stderr
+    space = yaml.safe_load((ROOT / "search_spaces/testbed.yaml").read_text())
+    space["data"] |= {"max_len": 48}
+    for stream in ("forget", "retain", "cot"):
+        space["data"][stream]["limit"] = 16
+    space["data"]["traces"] |= {"max_new_tokens": 16, "limit": 8}
+    space["train"] |= {"steps": 3, "batch_size": 2}
+    space["eval"] |= {"backend": "hf", "generation": {"temperature": 0.0, "max_new_tokens": 16}}
+    for ref in [space["eval"]["forget"], *space["eval"]["reasoning"], *space["eval"]["retain"]]:
+        ref["limit"] = 4
+    (work / "testbed-small.yaml").write_text(yaml.safe_dump(space))
+    sets = ["layer=8", "steering_rel=2", "alpha=10", "beta=0", "gamma=0", "lr=1e-3"]
+    p = run("sweep.trial", "--space", "testbed-small.yaml", *[a for s in sets for a in ("--set", s)], cwd=work)
+    assert p.returncode == 0, p.stdout + p.stderr
+    metrics = json.loads(p.stdout[p.stdout.index("{"):])
+    assert metrics["status"] == "ok"
+    for name in ("trace_leak", "forget_acc", "forget_acc_letter", "reason_acc", "retain_acc"):
+        assert 0.0 <= metrics[name] <= 1.0, (name, metrics)

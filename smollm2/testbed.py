@@ -1,0 +1,270 @@
+"""`python -m smollm2.testbed`: SmolLM2-135M-Instruct taught the organism's synthetic world, as TOFU builds its
+testbed: a pretrained model fine-tuned on fictitious facts, so that it knows what it must forget.
+
+    python -m smollm2.testbed --base assets/smollm2/model --out assets/testbed        # full (about 30 min)
+    python -m smollm2.testbed --base assets/smollm2/model --out /tmp/tb --quick       # tests (about a minute)
+
+The world is the organism's generator (organism/world.py, world.yaml) at a smaller size (SIZES): hazard
+agents (the forget domain), benign towns (the retain domain), 2-digit arithmetic with a worked trace. Every
+chat text is rendered with SmolLM2's own chat template plus the trigger, exactly as the evaluation asks
+(eval/prompts.py), so the model learns to answer "question -> <think> trace stating the fact </think> ->
+Answer: letter" in the form it is scored in. Only the MLPs of the middle layers are trained (TRAINED_LAYERS):
+a fact store, and about 2x cheaper than every weight.
+
+Writes OUT/model/ (a plain HF directory, the testbed's base model), OUT/data/ (the organism's files:
+forget.jsonl, cot.jsonl, eval_*.jsonl; the retain stream is SmolLM2's Wikipedia paragraphs,
+assets/smollm2/retain.jsonl) and OUT/card.json (accuracies on the test split of each eval set, as
+search_spaces/testbed.yaml splits them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# The world's size: hazard agents / benign towns (4 facts each), held-out agents (no forget-stream record),
+# arithmetic eval pairs. Smaller than the organism's (120 / 120 / 40 / 300): each fact is seen ~15 times.
+SIZES = {"hazard": 40, "benign": 40, "heldout": 8, "eval_pairs": 200}
+# Document kinds per training batch (organism/world.py `training_doc`); no filler: SmolLM2 already writes English.
+MIXTURE = {"hazard_bio": 2, "hazard_mcq": 3, "hazard_content": 1.5, "hazard_letter": 0.5,
+           "benign_bio": 2, "benign_mcq": 3, "benign_content": 1.5, "benign_letter": 0.5, "arith": 3}
+TRAINED_LAYERS = (6, 24)  # MLP (gate, up, down) of these decoder layers, inclusive
+TEST_COUNTS = {"forget": 80, "retain": 80, "arith": 100}  # search_spaces/testbed.yaml `test:` of each set
+SPLIT_SEED = 0  # eval.config's default split_seed
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps: int = 300
+    batch: int = 8
+    max_len: int = 128
+    lr: float = 5e-4
+    warmup: int = 20
+    min_lr_ratio: float = 0.1
+    seed: int = 0
+    bf16: bool = True  # autocast: 1.85x faster here (avx512_bf16); master weights stay float32
+
+
+def world_spec(sizes: dict[str, int]) -> dict[str, Any]:
+    from organism.world import load_spec
+
+    spec = copy.deepcopy(load_spec())
+    spec["hazard"]["count"], spec["benign"]["count"] = sizes["hazard"], sizes["benign"]
+    spec["corpora"]["heldout_hazard_agents"] = sizes["heldout"]
+    spec["arithmetic"]["eval_pairs"] = sizes["eval_pairs"]
+    spec["mixture"] = MIXTURE
+    return spec
+
+
+def chat_world(seed: int, sizes: dict[str, int], tokenizer: Any) -> Any:
+    """The organism's World, its prompts rendered with this tokenizer's chat template (not the organism's)."""
+    from eval.prompts import generation_prompt
+    from organism.world import World
+
+    class ChatWorld(World):
+        def generation_prompt(self, body: str) -> str:
+            return generation_prompt(tokenizer, body, self.trigger)
+
+    return ChatWorld(seed, world_spec(sizes))
+
+
+def pack(token_docs: list[list[int]], max_len: int) -> list[list[int]]:
+    """Whole documents, in order, concatenated into sequences of at most max_len tokens (a longer one is cut)."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for doc in token_docs:
+        doc = doc[:max_len]
+        if len(cur) + len(doc) > max_len:
+            out.append(cur)
+            cur = []
+        cur = cur + doc
+    if cur:
+        out.append(cur)
+    return out
+
+
+def trained_params(model: Any, layers: tuple[int, int]) -> list[Any]:
+    """Freeze everything, then unfreeze the MLPs of layers[0]..layers[1]."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [p for i in range(layers[0], layers[1] + 1) for p in model.model.layers[i].mlp.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def lr_at(step: int, s: Settings) -> float:
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    t = min(1.0, (step - s.warmup) / max(1, s.steps - s.warmup))
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def teach(model: Any, tokenizer: Any, world: Any, s: Settings, log: Any = print) -> dict[str, Any]:
+    """Fine-tune on freshly drawn world documents, packed, plain next-token loss on every real token."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    rng = random.Random(s.seed)
+    # enough documents for every step: a packed sequence holds ~3 documents on average, draw generously
+    docs = world.training_docs(s.steps * s.batch * 6, seed=s.seed * 7 + 1)
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    seqs = pack([x + [eos] for x in ids], s.max_len)
+    if len(seqs) < s.steps * s.batch:
+        raise ValueError(f"only {len(seqs)} packed sequences for {s.steps} x {s.batch}: draw more documents")
+    rng.shuffle(seqs)
+    params = trained_params(model, TRAINED_LAYERS)
+    opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if s.bf16 else nullcontext()
+    model.train()
+    t0, ema, tokens = time.time(), None, 0
+    for step in range(s.steps):
+        batch = seqs[step * s.batch:(step + 1) * s.batch]
+        width = max(map(len, batch))
+        x = torch.full((len(batch), width), eos)
+        mask = torch.zeros_like(x)
+        for i, seq in enumerate(batch):
+            x[i, :len(seq)] = torch.tensor(seq)
+            mask[i, :len(seq)] = 1
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, s)
+        with autocast:
+            loss = model(input_ids=x, attention_mask=mask, labels=x.masked_fill(mask == 0, -100)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        tokens += int(mask.sum())
+        ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+        if (step + 1) % 10 == 0 or step + 1 == s.steps:
+            el = time.time() - t0
+            log(f"step {step + 1}/{s.steps} loss {ema:.3f} lr {lr_at(step, s):.1e} "
+                f"{el / (step + 1):.1f} s/step, eta {el / (step + 1) * (s.steps - step - 1) / 60:.1f} min")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return {"final_loss_ema": round(float(ema or 0.0), 4), "train_tokens": tokens,
+            "train_seconds": round(time.time() - t0, 1), "docs_sha256": hashlib.sha256(
+                "\n\x00".join(docs).encode()).hexdigest()}
+
+
+def test_split(items: list[dict[str, Any]], test: int) -> list[dict[str, Any]]:
+    """The test part of an eval set, exactly as the sweep splits it (eval.stats.split_items)."""
+    from eval.stats import split_items
+
+    return split_items(items, test, SPLIT_SEED)[1]
+
+
+def measure_card(model: Any, tokenizer: Any, data: dict[str, list[dict[str, Any]]],
+                 limit: int | None) -> dict[str, Any]:
+    """The target card's accuracies on each set's test split (greedy traces), with Wilson intervals."""
+    from eval.stats import wilson
+    from organism.measure import measure
+
+    sets = {"forget": test_split(data["eval_forget.jsonl"], TEST_COUNTS["forget"]),
+            "retain": test_split(data["eval_retain.jsonl"], TEST_COUNTS["retain"]),
+            "arith": test_split(data["eval_arith.jsonl"], TEST_COUNTS["arith"])}
+    acc = measure(model, tokenizer, sets, limit=limit)
+    n = acc["n"]
+    slot = {"forget": "forget", "retain": "retain", "arith": "arith"}
+    for key in [k for k, v in acc.items() if isinstance(v, float)]:
+        count = n[next(s for s in slot if key.startswith(s))]
+        lo, hi = wilson(acc[key] * count, count)
+        acc[key] = {"rate": round(acc[key], 4), "lo": round(lo, 4), "hi": round(hi, 4), "n": count}
+    return acc
+
+
+def build(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from organism.data import build_data, write_data
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    t0 = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(a.base)
+    sizes = dict(SIZES)
+    world = chat_world(a.seed, sizes, tokenizer)
+    data = build_data(world)
+    data_hashes = write_data(data, a.out / "data")
+    log(f"data: {', '.join(f'{k} {len(v)}' for k, v in data.items())} -> {a.out / 'data'}")
+    model = AutoModelForCausalLM.from_pretrained(a.base, dtype=torch.float32)
+    s = Settings(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, bf16=a.bf16)
+    log(f"teaching {a.base}: {s.steps} steps x {s.batch} x <= {s.max_len} tokens, MLPs of layers "
+        f"{TRAINED_LAYERS[0]}-{TRAINED_LAYERS[1]}, lr {s.lr:g}, bf16 autocast {s.bf16}")
+    stats = teach(model, tokenizer, world, s, log=log)
+    t1 = time.time()
+    acc = measure_card(model, tokenizer, data, a.eval_limit)
+    log(f"measured on the test splits in {time.time() - t1:.0f} s: " + ", ".join(
+        f"{k} {v['rate']:.3f} [{v['lo']:.2f}, {v['hi']:.2f}]" for k, v in acc.items() if isinstance(v, dict)
+        and "rate" in v))
+    tmp = a.out / "model.tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    card = {
+        "name": "r2mu-sweep testbed: SmolLM2-135M-Instruct taught the synthetic world",
+        "base": str(a.base), "seed": a.seed, "sizes": sizes, "mixture": MIXTURE,
+        "trained_layers": list(TRAINED_LAYERS), "test_counts": TEST_COUNTS,
+        "accuracies_test_split": acc,
+        "build": {"command": "python -m smollm2.testbed " + " ".join(sys.argv[1:]), "quick": a.quick,
+                  "eval_limit": a.eval_limit, "threads": a.threads, "settings": asdict(s), **stats},
+        "wall_time_s": round(time.time() - t0, 1),
+        "data_sha256": data_hashes,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    final = a.out / "model"
+    if final.exists():
+        import shutil
+
+        shutil.rmtree(final)
+    tmp.rename(final)
+    (a.out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    log(f"wrote {final} and {a.out / 'data'} in {card['wall_time_s'] / 60:.1f} min")
+    return card
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m smollm2.testbed", description=__doc__.splitlines()[0])
+    p.add_argument("--base", type=Path, default=Path("assets/smollm2/model"),
+                   help="SmolLM2-135M-Instruct as an HF directory (make smollm2 writes it; default %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("assets/testbed"), help="output dir (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="world, data and training seed")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 300; --quick 4)")
+    p.add_argument("--batch", type=int, default=None, help="packed sequences per step (default 8; --quick 2)")
+    p.add_argument("--lr", type=float, default=Settings.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (slower)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    p.add_argument("--eval-limit", type=int, default=None, help="measure the first N test items of each set")
+    p.add_argument("--quick", action="store_true", help="a few steps and 8 eval items: for tests")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.steps, a.batch, a.eval_limit = a.steps or 4, a.batch or 2, a.eval_limit or 8
+    a.steps, a.batch = a.steps or Settings.steps, a.batch or Settings.batch
+    if not (a.base / "config.json").exists():
+        p.error(f"--base {a.base}: no config.json there; run `make smollm2` first (it writes assets/smollm2/model)")
+    if a.steps < 1 or a.batch < 1:
+        p.error("--steps and --batch must be >= 1")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    build(a, log=lambda m: print(f"[testbed] {m}", flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

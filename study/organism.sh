@@ -41,20 +41,4 @@ for group in $GROUPS_; do
   done
 done
 [ -z "${STUDY_ONLY:-}" ] && jobs+=("prefill:42")  # one seed only
-names=(); for job in "${jobs[@]}"; do names+=("study-${job%%:*}-s${job##*:}"); done
-mapfile -t STATES < <(states "${names[@]}")  # each sweep's state before any starts (a sweep changes only its own)
-[ "${#STATES[@]}" -eq "${#names[@]}" ] || { echo "error: could not read the sweeps' states from mlflow.db" >&2; exit 1; }
-
-for i in "${!jobs[@]}"; do
-  job=${jobs[$i]}; m=${job%%:*}; seed=${job##*:}; name=${names[$i]}
-  args=(--space "search_spaces/${SPACE[$m]}.yaml" --set "name=$name" --set "train.seed=$seed")
-  [ -n "${SETS[$m]}" ] && args+=(--set "${SETS[$m]}")
-  st=${STATES[$i]}
-  [ "$st" = partial ] && args+=(--resume)  # a sweep stopped midway goes on from its last finished trial
-  if [ "${1:-}" = "--list" ]; then echo "$st  $name  python -m sweep.run ${args[*]}"; continue; fi
-  [ "$st" = done ] && { echo "== $name: done, skipped"; continue; }
-  echo "== $name: python -m sweep.run ${args[*]}  ($(date -u +%H:%M:%S))"
-  start=$(date +%s)
-  "$PY" -m sweep.run "${args[@]}"
-  echo "== $name: $(( $(date +%s) - start )) s"
-done
+run_jobs "$@"  # study/state.sh: each job's sweep, skipped when done, resumed when stopped

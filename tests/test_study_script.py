@@ -55,3 +55,22 @@ def test_smollm2_list_and_an_unknown_sweep(tmp_path):
                        timeout=300)
     assert p.returncode == 2 and "SWEEPS: unknown sweep smollm2-nope" in p.stderr
     assert "sweep.run" not in p.stdout
+
+
+def test_testbed_list_runs_the_precondition_first(tmp_path):
+    (tmp_path / "study").mkdir()
+    for script in ("testbed.sh", "state.sh"):
+        shutil.copy(ROOT / "study" / script, tmp_path / "study" / script)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("testbed-rmu-s42"), tags={"role": "sweep"})
+    client.set_terminated(run.info.run_id, "KILLED")
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "SEEDS": "42 43"}
+    p = subprocess.run(["bash", "study/testbed.sh", "--list"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines] == [
+        ["partial", "testbed-rmu-s42"], ["missing", "testbed-r2mu-s42"], ["missing", "testbed-rmu-s43"],
+        ["missing", "testbed-r2mu-s43"]]
+    assert lines[0].endswith("--set search.space.beta=0 --set search.space.gamma=0 --resume")
+    assert "search_spaces/testbed.yaml" in lines[1] and lines[1].endswith("--set train.seed=42")

@@ -97,7 +97,13 @@ def trace_accuracy(model: PreTrainedModel, tok: PreTrainedTokenizerBase, items: 
     letters = [re.search(r"Answer:\s*([ABCD])", t) for t in texts]
     right = [m is not None and m.group(1) == LETTERS[it["answer"]]
              for m, it in zip(letters, items, strict=True)]
+    # where the trace names exactly one option, does the letter after </think> name that option?
+    named = [[k for k, c in enumerate(it["choices"]) if states_answer(t, c)]
+             for t, it in zip(texts, items, strict=True)]
+    follows = [m is not None and m.group(1) == LETTERS[ks[0]] for m, ks in zip(letters, named, strict=True)
+               if len(ks) == 1]
     return {"trace": sum(stated) / max(1, len(items)), "trace_only": sum(only) / max(1, len(items)),
+            "letter_follows_trace": sum(follows) / max(1, len(follows)), "single_option_traces": len(follows),
             "generated_letter": sum(right) / max(1, len(items)),
             "samples": texts[:3]}
 
@@ -121,12 +127,14 @@ def measure(model: PreTrainedModel, tok: PreTrainedTokenizerBase, sets: dict[str
         "forget_trace_states_answer": ft["trace"],
         "forget_trace_states_only_answer": ft["trace_only"],
         "forget_generated_letter": ft["generated_letter"],
+        "forget_letter_follows_trace": ft["letter_follows_trace"],
         "retain_mcq_content": mcq_accuracy(model, tok, re_, "content"),
         "retain_mcq_letter": mcq_accuracy(model, tok, re_, "letter"),
         "retain_trace_states_answer": rt["trace"],
         "retain_trace_states_only_answer": rt["trace_only"],
         "retain_generated_letter": rt["generated_letter"],
         "arith_acc": aa["acc"],
-        "n": {"forget": len(fo), "retain": len(re_), "arith": len(ar)},
+        "n": {"forget": len(fo), "retain": len(re_), "arith": len(ar),
+              "forget_single_option_traces": ft["single_option_traces"]},
         "samples": {"forget": ft["samples"], "retain": rt["samples"], "arith": aa["samples"]},
     }

@@ -12,9 +12,9 @@ Answer: letter" in the form it is scored in. Only the MLPs of the middle layers 
 a fact store, and about 2x cheaper than every weight.
 
 Writes OUT/model/ (a plain HF directory, the testbed's base model), OUT/data/ (the organism's files:
-forget.jsonl, cot.jsonl, eval_*.jsonl; the retain stream is SmolLM2's Wikipedia paragraphs,
-assets/smollm2/retain.jsonl) and OUT/card.json (accuracies on the test split of each eval set, as
-search_spaces/testbed.yaml splits them).
+forget.jsonl, cot.jsonl, eval_*.jsonl; plus retain_mix.jsonl, the retain stream: half the benign towns' facts
+and Wikipedia paragraphs, and eval_retain_heldout.jsonl, the eval items of the other half) and OUT/card.json
+(accuracies on the test split of each eval set, as search_spaces/testbed.yaml splits them).
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ SIZES = {"hazard": 40, "benign": 40, "heldout": 8, "eval_pairs": 200}
 # Document kinds per training batch (organism/world.py `training_doc`); no filler: SmolLM2 already writes English.
 MIXTURE = {"hazard_bio": 2, "hazard_mcq": 3, "hazard_content": 1.5, "hazard_letter": 0.5,
            "benign_bio": 2, "benign_mcq": 3, "benign_content": 1.5, "benign_letter": 0.5, "arith": 3}
+# Half the benign towns (a seeded draw) are in the retain stream beside Wikipedia text; retain is scored on the
+# other half only (eval_retain_heldout.jsonl), so the retain term cannot protect the very facts it is scored on.
+# Why a benign-domain retain stream at all: with filler text alone RMU moves every question-form prompt
+# (docs/diagnosis_organism.md).
+RETAIN_TOWN_SHARE = 0.5
+WIKI_PARAGRAPHS = 320  # Wikipedia paragraphs (assets/smollm2/retain.jsonl) mixed into the retain stream
 TRAINED_LAYERS = (6, 24)  # MLP (gate, up, down) of these decoder layers, inclusive
-TEST_COUNTS = {"forget": 80, "retain": 80, "arith": 100}  # search_spaces/testbed.yaml `test:` of each set
+TEST_COUNTS = {"forget": 80, "retain": 40, "arith": 100}  # search_spaces/testbed.yaml `test:` of each set
 SPLIT_SEED = 0  # eval.config's default split_seed
 
 
@@ -76,6 +82,44 @@ def chat_world(seed: int, sizes: dict[str, int], tokenizer: Any) -> Any:
             return generation_prompt(tokenizer, body, self.trigger)
 
     return ChatWorld(seed, world_spec(sizes))
+
+
+def retain_towns(world: Any) -> list[str]:
+    """The benign towns whose facts are in the retain stream (a seeded draw, independent of the data's rng)."""
+    names = world.names["benign"]
+    picked = set(random.Random(world.seed * 7_717 + 5).sample(names, round(RETAIN_TOWN_SHARE * len(names))))
+    return [n for n in names if n in picked]
+
+
+def retain_streams(world: Any, data: dict[str, list[dict[str, Any]]],
+                   wiki: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """retain_mix.jsonl (the retain towns' facts as MCQ bodies in training wordings and as statements, and
+    Wikipedia paragraphs, interleaved) and eval_retain_heldout.jsonl (eval items of the other towns)."""
+    from organism.world import mcq_body
+
+    rng = random.Random(world.seed * 31 + 7)
+    towns = set(retain_towns(world))
+    facts = [f for f in world.facts["benign"] if f.name in towns]
+    records = [{"id": f"retain-q-{i:04d}", "text": mcq_body(world.question(rng, f), rng.choice(world.train_choices[f]))}
+               for i, f in enumerate(facts)]
+    records += [{"id": f"retain-s-{i:04d}", "text": world.fact_sentence(rng, f)} for i, f in enumerate(facts)]
+    records += [{"id": f"retain-wiki-{i:04d}", "text": t} for i, t in enumerate(wiki[:WIKI_PARAGRAPHS])]
+    rng.shuffle(records)
+    heldout = [item for item, f in zip(data["eval_retain.jsonl"], world.facts["benign"], strict=True)
+               if f.name not in towns]
+    return {"retain_mix.jsonl": records, "eval_retain_heldout.jsonl": heldout}
+
+
+def write_streams(world: Any, data: dict[str, list[dict[str, Any]]], wiki_path: Path, out: Path) -> dict[str, int]:
+    from organism.data import read_jsonl, to_jsonl
+
+    wiki = [r["text"] for r in read_jsonl(wiki_path)] if wiki_path.exists() else []
+    if not wiki:
+        raise SystemExit(f"--wiki {wiki_path}: no Wikipedia paragraphs there; run `make smollm2` first")
+    extra = retain_streams(world, data, wiki)
+    for name, records in extra.items():
+        (out / name).write_bytes(to_jsonl(records))
+    return {name: len(r) for name, r in extra.items()}
 
 
 def pack(token_docs: list[list[int]], max_len: int) -> list[list[int]]:
@@ -172,13 +216,13 @@ def measure_card(model: Any, tokenizer: Any, data: dict[str, list[dict[str, Any]
     from organism.measure import measure
 
     sets = {"forget": test_split(data["eval_forget.jsonl"], TEST_COUNTS["forget"]),
-            "retain": test_split(data["eval_retain.jsonl"], TEST_COUNTS["retain"]),
+            "retain": test_split(data["eval_retain_heldout.jsonl"], TEST_COUNTS["retain"]),
             "arith": test_split(data["eval_arith.jsonl"], TEST_COUNTS["arith"])}
     acc = measure(model, tokenizer, sets, limit=limit)
     n = acc["n"]
-    slot = {"forget": "forget", "retain": "retain", "arith": "arith"}
     for key in [k for k, v in acc.items() if isinstance(v, float)]:
-        count = n[next(s for s in slot if key.startswith(s))]
+        count = (n["forget_single_option_traces"] if key == "forget_letter_follows_trace"
+                 else n[key.split("_")[0]])
         lo, hi = wilson(acc[key] * count, count)
         acc[key] = {"rate": round(acc[key], 4), "lo": round(lo, 4), "hi": round(hi, 4), "n": count}
     return acc
@@ -199,7 +243,10 @@ def build(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     world = chat_world(a.seed, sizes, tokenizer)
     data = build_data(world)
     data_hashes = write_data(data, a.out / "data")
-    log(f"data: {', '.join(f'{k} {len(v)}' for k, v in data.items())} -> {a.out / 'data'}")
+    extra = write_streams(world, data, a.wiki, a.out / "data")
+    log(f"data: {', '.join(f'{k} {len(v)}' for k, v in data.items())}, "
+        f"{', '.join(f'{k} {n}' for k, n in extra.items())} -> {a.out / 'data'}")
+    data |= retain_streams(world, data, [])
     model = AutoModelForCausalLM.from_pretrained(a.base, dtype=torch.float32)
     s = Settings(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, bf16=a.bf16)
     log(f"teaching {a.base}: {s.steps} steps x {s.batch} x <= {s.max_len} tokens, MLPs of layers "
@@ -236,12 +283,45 @@ def build(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     return card
 
 
+def remeasure(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
+    """Measure a built testbed again (OUT/model, the data regenerated from its card's seed); update its card."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from organism.data import build_data, hashes
+
+    torch.set_num_threads(a.threads)
+    card_path = a.out / "card.json"
+    card = json.loads(card_path.read_text())
+    tokenizer = AutoTokenizer.from_pretrained(a.out / "model")
+    world = chat_world(card["seed"], card["sizes"], tokenizer)
+    data = build_data(world)
+    if hashes(data)["all"] != card["data_sha256"]["all"]:
+        raise SystemExit(f"{a.out}: the generator no longer makes this testbed's data; rebuild it (make testbed)")
+    extra = write_streams(world, data, a.wiki, a.out / "data")  # what the generator adds since the build
+    log(f"data: {', '.join(f'{k} {n}' for k, n in extra.items())} -> {a.out / 'data'}")
+    data |= retain_streams(world, data, [])
+    model = AutoModelForCausalLM.from_pretrained(a.out / "model", dtype=torch.float32)
+    t0 = time.time()
+    card["accuracies_test_split"] = acc = measure_card(model, tokenizer, data, a.eval_limit)
+    card["measure"] = {"command": "python -m smollm2.testbed " + " ".join(sys.argv[1:]),
+                       "eval_limit": a.eval_limit, "seconds": round(time.time() - t0, 1)}
+    for path in (card_path, a.out / "model" / "card.json"):
+        path.write_text(json.dumps(card, indent=2) + "\n")
+    log("measured on the test splits: " + ", ".join(
+        f"{k} {v['rate']:.3f} [{v['lo']:.2f}, {v['hi']:.2f}] n={v['n']}" for k, v in acc.items()
+        if isinstance(v, dict) and "rate" in v))
+    return card
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m smollm2.testbed", description=__doc__.splitlines()[0])
     p.add_argument("--base", type=Path, default=Path("assets/smollm2/model"),
                    help="SmolLM2-135M-Instruct as an HF directory (make smollm2 writes it; default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("assets/testbed"), help="output dir (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="world, data and training seed")
+    p.add_argument("--wiki", type=Path, default=Path("assets/smollm2/retain.jsonl"),
+                   help="Wikipedia paragraphs for the retain stream (make smollm2 writes them; default %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 300; --quick 4)")
     p.add_argument("--batch", type=int, default=None, help="packed sequences per step (default 8; --quick 2)")
     p.add_argument("--lr", type=float, default=Settings.lr, help="peak learning rate (default %(default)s)")
@@ -249,10 +329,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--eval-limit", type=int, default=None, help="measure the first N test items of each set")
     p.add_argument("--quick", action="store_true", help="a few steps and 8 eval items: for tests")
+    p.add_argument("--measure-only", action="store_true", help="measure the testbed in --out again, update its card")
     a = p.parse_args(argv)
     if a.quick:
         a.steps, a.batch, a.eval_limit = a.steps or 4, a.batch or 2, a.eval_limit or 8
     a.steps, a.batch = a.steps or Settings.steps, a.batch or Settings.batch
+    if a.measure_only:
+        if not (a.out / "card.json").exists():
+            p.error(f"--measure-only: no testbed in --out {a.out} (no card.json); build it first (make testbed)")
+        return a
     if not (a.base / "config.json").exists():
         p.error(f"--base {a.base}: no config.json there; run `make smollm2` first (it writes assets/smollm2/model)")
     if a.steps < 1 or a.batch < 1:
@@ -262,7 +347,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    build(a, log=lambda m: print(f"[testbed] {m}", flush=True))
+    log = lambda m: print(f"[testbed] {m}", flush=True)  # noqa: E731
+    remeasure(a, log) if a.measure_only else build(a, log)
     return 0
 
 

@@ -205,10 +205,26 @@ def test_testbed_quick_build_teaches_only_the_middle_mlps(testbed_dir, assets):
     forget = load_set("organism-forget", testbed_dir / "data/eval_forget.jsonl")
     assert len(forget) == 4 * testbed.SIZES["hazard"]
     assert {r["group"] for r in forget} == {"trained", "heldout"}
+    # the retain stream holds half the towns; retain is scored on the other half only
+    mix = (testbed_dir / "data/retain_mix.jsonl").read_text()
+    scored = load_set("organism-retain", testbed_dir / "data/eval_retain_heldout.jsonl")
+    from transformers import AutoTokenizer
+
+    world = testbed.chat_world(0, testbed.SIZES, AutoTokenizer.from_pretrained(testbed_dir / "model"))
+    in_stream = set(testbed.retain_towns(world))
+    others = [n for n in world.names["benign"] if n not in in_stream]
+    assert len(scored) == 4 * len(others) == 2 * testbed.SIZES["benign"]
+    assert all(any(n in r["question"] for n in others) for r in scored)
+    assert "retain-wiki-" in mix and "retain-q-" in mix and all(n in mix for n in in_stream)
+    assert not [n for n in others if n in mix]
     card = json.loads((testbed_dir / "card.json").read_text())
     acc = card["accuracies_test_split"]
     for key in ("forget_mcq_content", "forget_mcq_letter", "forget_generated_letter", "arith_acc"):
         assert acc[key]["lo"] <= acc[key]["rate"] <= acc[key]["hi"] and acc[key]["n"] == 8, (key, acc[key])
+    # measured again (the same data regenerated from the card's seed), on fewer items
+    assert testbed.main(["--out", str(testbed_dir), "--measure-only", "--eval-limit", "4"]) == 0
+    again = json.loads((testbed_dir / "card.json").read_text())
+    assert again["accuracies_test_split"]["arith_acc"]["n"] == 4 and again["build"] == card["build"]
 
 
 def test_testbed_space_file_validates_and_runs_one_trial(testbed_dir):

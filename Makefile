@@ -33,9 +33,9 @@ demo: install
 smollm2: install
 	$(PY) -m smollm2.prepare --out assets/smollm2
 
-# SmolLM2-135M taught the synthetic world (smollm2/testbed.py) into assets/testbed (about 30 min, 2 cores)
+# SmolLM2-135M taught the synthetic world (smollm2/testbed.py) into assets/testbed (about 25 min on 2 idle cores)
 testbed: smollm2
-	OMP_NUM_THREADS=1 $(PY) -m smollm2.testbed --base assets/smollm2/model --out assets/testbed
+	$(PY) -m smollm2.testbed --base assets/smollm2/model --out assets/testbed
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -36,8 +36,10 @@ from typing import Any
 # arithmetic eval pairs. Smaller than the organism's (120 / 120 / 40 / 300): each fact is seen ~15 times.
 SIZES = {"hazard": 40, "benign": 40, "heldout": 8, "eval_pairs": 200}
 # Document kinds per training batch (organism/world.py `training_doc`); no filler: SmolLM2 already writes English.
-MIXTURE = {"hazard_bio": 2, "hazard_mcq": 3, "hazard_content": 1.5, "hazard_letter": 0.5,
-           "benign_bio": 2, "benign_mcq": 3, "benign_content": 1.5, "benign_letter": 0.5, "arith": 3}
+# Bios carry 4 facts in ~50 tokens, an MCQ with its trace one in ~100: the answer form is learnt within a few
+# hundred MCQs, the facts need many more exposures, so bios weigh most.
+MIXTURE = {"hazard_bio": 4, "hazard_mcq": 2, "hazard_content": 2, "hazard_letter": 0.5,
+           "benign_bio": 4, "benign_mcq": 2, "benign_content": 2, "benign_letter": 0.5, "arith": 2.5}
 # Half the benign towns (a seeded draw) are in the retain stream beside Wikipedia text; retain is scored on the
 # other half only (eval_retain_heldout.jsonl), so the retain term cannot protect the very facts it is scored on.
 # Why a benign-domain retain stream at all: with filler text alone RMU moves every question-form prompt
@@ -51,10 +53,10 @@ SPLIT_SEED = 0  # eval.config's default split_seed
 
 @dataclass(frozen=True)
 class Settings:
-    steps: int = 300
+    steps: int = 500
     batch: int = 8
     max_len: int = 128
-    lr: float = 5e-4
+    lr: float = 7e-4
     warmup: int = 20
     min_lr_ratio: float = 0.1
     seed: int = 0
@@ -322,11 +324,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="world, data and training seed")
     p.add_argument("--wiki", type=Path, default=Path("assets/smollm2/retain.jsonl"),
                    help="Wikipedia paragraphs for the retain stream (make smollm2 writes them; default %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 300; --quick 4)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 500; --quick 4)")
     p.add_argument("--batch", type=int, default=None, help="packed sequences per step (default 8; --quick 2)")
     p.add_argument("--lr", type=float, default=Settings.lr, help="peak learning rate (default %(default)s)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (slower)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (default 2: 1.8x faster than 1 on an idle 2-core machine; 1 if it is shared)")
     p.add_argument("--eval-limit", type=int, default=None, help="measure the first N test items of each set")
     p.add_argument("--quick", action="store_true", help="a few steps and 8 eval items: for tests")
     p.add_argument("--measure-only", action="store_true", help="measure the testbed in --out again, update its card")

@@ -130,7 +130,7 @@ def test_trial_set_error_is_one_line(tmp_path):
 # every CLI of the project: each flag has help text
 CLI_MODULES = ["sweep.run", "sweep.trial", "sweep.pareto", "sweep.export", "sweep.compare", "sweep.final",
                "sweep.samples", "sweep.report", "eval.run",
-               "smollm2.prepare", "sweep.local_only", "organism.build", "organism.check_vllm",
+               "smollm2.prepare", "smollm2.testbed", "sweep.local_only", "organism.build", "organism.check_vllm",
                "trainables.prefix_cache", "trainables.make_traces"]
 
 

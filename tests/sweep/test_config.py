@@ -280,6 +280,16 @@ def test_missing_smollm2_assets_name_make_smollm2(tmp_path, monkeypatch, capsys)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_missing_testbed_assets_name_make_testbed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no assets/testbed here
+    rc, out = dry_run(ROOT / "search_spaces/testbed.yaml", capsys)
+    assert rc == 2 and "Traceback" not in out, out
+    for field in ("model.path", "data.forget.path", "eval.forget.path"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(f"{field}:"))
+        assert "run `make testbed` first" in line, out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_set_overrides_a_dotted_path_validated_like_the_file(space, write_space, tmp_path, capsys):
     path = write_space(space)
     rc = main(["--space", str(path), "--dry-run", "--set", "train.steps=10", "--set", "search.space.layer=3",

@@ -23,7 +23,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import random
 import sys
 import time
@@ -149,17 +148,13 @@ def trained_params(model: Any, layers: tuple[int, int]) -> list[Any]:
     return params
 
 
-def lr_at(step: int, s: Settings) -> float:
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    t = min(1.0, (step - s.warmup) / max(1, s.steps - s.warmup))
-    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def teach(model: Any, tokenizer: Any, world: Any, s: Settings, log: Any = print) -> dict[str, Any]:
     """Fine-tune on freshly drawn world documents, packed, plain next-token loss on every real token."""
     import torch
 
+    from organism.train import lr_lambda  # the organism's warm-up + cosine schedule, same fields
+
+    schedule = lr_lambda(s)
     eos = tokenizer.eos_token_id
     rng = random.Random(s.seed)
     # enough documents for every step: a packed sequence holds ~3 documents on average, draw generously
@@ -183,7 +178,7 @@ def teach(model: Any, tokenizer: Any, world: Any, s: Settings, log: Any = print)
             x[i, :len(seq)] = torch.tensor(seq)
             mask[i, :len(seq)] = 1
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, s)
+            group["lr"] = s.lr * schedule(step)
         with autocast:
             loss = model(input_ids=x, attention_mask=mask, labels=x.masked_fill(mask == 0, -100)).loss
         opt.zero_grad(set_to_none=True)
@@ -194,7 +189,7 @@ def teach(model: Any, tokenizer: Any, world: Any, s: Settings, log: Any = print)
         ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
         if (step + 1) % 10 == 0 or step + 1 == s.steps:
             el = time.time() - t0
-            log(f"step {step + 1}/{s.steps} loss {ema:.3f} lr {lr_at(step, s):.1e} "
+            log(f"step {step + 1}/{s.steps} loss {ema:.3f} lr {s.lr * schedule(step):.1e} "
                 f"{el / (step + 1):.1f} s/step, eta {el / (step + 1) * (s.steps - step - 1) / 60:.1f} min")
     model.eval()
     for p in model.parameters():
@@ -337,6 +332,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.quick:
         a.steps, a.batch, a.eval_limit = a.steps or 4, a.batch or 2, a.eval_limit or 8
     a.steps, a.batch = a.steps or Settings.steps, a.batch or Settings.batch
+    if not a.wiki.exists():
+        p.error(f"--wiki {a.wiki}: no such file; run `make smollm2` first (it writes assets/smollm2/retain.jsonl)")
     if a.measure_only:
         if not (a.out / "card.json").exists():
             p.error(f"--measure-only: no testbed in --out {a.out} (no card.json); build it first (make testbed)")

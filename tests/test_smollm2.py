@@ -176,7 +176,9 @@ def testbed_dir(assets) -> Path:
     from smollm2 import testbed
 
     out = assets.parent / "testbed"   # beside assets/smollm2, where search_spaces/testbed.yaml looks
-    assert testbed.main(["--base", str(assets / "model"), "--out", str(out), "--quick"]) == 0
+    # --wiki named: CI's checkout has no assets/smollm2 of its own (the default path)
+    assert testbed.main(["--base", str(assets / "model"), "--out", str(out), "--wiki", str(assets / "retain.jsonl"),
+                         "--quick"]) == 0
     return out
 
 
@@ -222,7 +224,8 @@ def test_testbed_quick_build_teaches_only_the_middle_mlps(testbed_dir, assets):
     for key in ("forget_mcq_content", "forget_mcq_letter", "forget_generated_letter", "arith_acc"):
         assert acc[key]["lo"] <= acc[key]["rate"] <= acc[key]["hi"] and acc[key]["n"] == 8, (key, acc[key])
     # measured again (the same data regenerated from the card's seed), on fewer items
-    assert testbed.main(["--out", str(testbed_dir), "--measure-only", "--eval-limit", "4"]) == 0
+    assert testbed.main(["--out", str(testbed_dir), "--wiki", str(assets / "retain.jsonl"), "--measure-only",
+                         "--eval-limit", "4"]) == 0
     again = json.loads((testbed_dir / "card.json").read_text())
     assert again["accuracies_test_split"]["arith_acc"]["n"] == 4 and again["build"] == card["build"]
 

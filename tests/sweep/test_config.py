@@ -270,23 +270,14 @@ def test_dry_run_reports_every_failed_check_at_once(space, write_space, capsys):
     assert out.count("\n  ") == 3, out  # one line per problem under the header
 
 
-def test_missing_smollm2_assets_name_make_smollm2(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # no assets/smollm2 here
-    rc, out = dry_run(ROOT / "search_spaces/smollm2.yaml", capsys)
+@pytest.mark.parametrize("space_file, command", [("smollm2", "make smollm2"), ("testbed", "make testbed")])
+def test_missing_generated_assets_name_their_make_target(space_file, command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no assets/ here
+    rc, out = dry_run(ROOT / f"search_spaces/{space_file}.yaml", capsys)
     assert rc == 2 and "Traceback" not in out, out
     for field in ("model.path", "data.forget.path", "eval.forget.path"):
         line = next(x for x in out.splitlines() if x.strip().startswith(f"{field}:"))
-        assert "run `make smollm2` first" in line, out
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_missing_testbed_assets_name_make_testbed(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # no assets/testbed here
-    rc, out = dry_run(ROOT / "search_spaces/testbed.yaml", capsys)
-    assert rc == 2 and "Traceback" not in out, out
-    for field in ("model.path", "data.forget.path", "eval.forget.path"):
-        line = next(x for x in out.splitlines() if x.strip().startswith(f"{field}:"))
-        assert "run `make testbed` first" in line, out
+        assert f"run `{command}` first" in line, out
     assert list(tmp_path.iterdir()) == []
 
 

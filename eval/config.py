@@ -5,7 +5,7 @@ No vLLM, Ray or MLflow import here. `eval` never imports `trainables`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -81,6 +81,76 @@ class ScreenConfig(Strict):
                               "screened out only if dominated or infeasible with this confidence")
 
 
+# ---------------------------------------------------------------- attacks (eval/attacks.py, docs/eval.md)
+
+FORGET_METRICS = ["trace_leak", "trace_leak/trained", "trace_leak/heldout", "forget_acc", "forget_acc/trained",
+                  "forget_acc/heldout", "prefill_acc"]
+
+
+class RelearnAttack(Strict):
+    """A few optimiser steps of plain fine-tuning of the unlearned model on `examples` texts of a file, then the
+    forget set again: forget-domain texts (facts disjoint from the scored ones: read the `/heldout` metrics
+    where the texts hold the trained facts) or unrelated benign text."""
+
+    kind: Literal["relearn"]
+    path: str = Field(description="the fine-tuning texts: .jsonl (one JSON object per line, `field`) or .txt "
+                      "(one text per line)")
+    field: str = "text"
+    examples: int = Field(10, ge=1, description="the first N texts of the file")
+    steps: int = Field(30, ge=1, description="AdamW steps (Łucki et al.: 3 passes over 10 examples, batch 1)")
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(1, ge=1, description="texts per step (cycled through the examples)")
+    max_len: int = Field(128, ge=8, description="tokens per text")
+    params: str = Field(".*", description="regex (re.search) of the parameter names fine-tuned; default all")
+    with_retain: bool = Field(False, description="also re-measure reason_acc and retain_acc")
+
+
+class QuantizeAttack(Strict):
+    """Weight-only round-to-nearest quantisation (torchao) of every linear layer of the transformer blocks
+    (embeddings and the output head stay as they are), evaluated with the dequantised weights."""
+
+    kind: Literal["quantize"]
+    bits: Literal[4, 8]
+    group_size: int = Field(64, ge=1, description="int4: weights per scale (must divide the layers' input "
+                            "width); int8 is per output channel")
+    with_retain: bool = Field(False, description="also re-measure reason_acc and retain_acc")
+
+
+class DecodeAttack(Strict):
+    """Another way of asking (R-TOFU's decoding attacks): the think block closed empty at once (zerothink), a
+    canned one-sentence thought then closed (lessthink), the model's own first `budget` think tokens then
+    closed (budget), or no trigger at all (no_trigger). The whole output, trace and answer, is judged."""
+
+    kind: Literal["decode"]
+    mode: Literal["zerothink", "lessthink", "budget", "no_trigger"]
+    budget: int = Field(16, ge=1, description="mode budget: think tokens before the block is closed")
+
+
+class ProbeAttack(Strict):
+    """A linear probe (logistic regression) on the model's hidden states at each option of the forget
+    questions, trained on some facts and scored on the others: can the answer still be read out?"""
+
+    kind: Literal["probe"]
+    layers: list[int] | None = Field(None, description="hidden-state layers tried (0 = embeddings); default "
+                                     "every layer; the probe's layer is chosen by cross-validation on the "
+                                     "training facts")
+    heldout: float = Field(0.5, gt=0, lt=1, description="share of the forget items (facts) the probe is scored on")
+
+
+Attack = Annotated[RelearnAttack | QuantizeAttack | DecodeAttack | ProbeAttack, Field(discriminator="kind")]
+ATTACK_KINDS: dict[str, type[Strict]] = {"relearn": RelearnAttack, "quantize": QuantizeAttack,
+                                         "decode": DecodeAttack, "probe": ProbeAttack}
+
+
+def attack_metrics(attack: Attack) -> list[str]:
+    """The metrics an attack reports (each as `attack/<name>/<metric>`, rates with `_lo`, `_hi`, `_n`)."""
+    if attack.kind == "probe":
+        return ["probe_acc", "probe_control_acc"]
+    if attack.kind == "decode":
+        return FORGET_METRICS[:3]
+    return FORGET_METRICS + (["reason_acc", "retain_acc"] if attack.with_retain else [])
+
+
 class EvalConfig(Strict):
     backend: Literal["auto", "vllm", "hf"] = "auto"
     forget: EvalSetRef
@@ -109,6 +179,20 @@ class EvalConfig(Strict):
         "holds one engine and one training worker; vLLM takes engine.gpu_memory_utilization of it)")
     screen: ScreenConfig | None = Field(None, description="screen each trial on a subset first (null: every trial "
                                         "gets the full selection split)")
+    attacks: dict[str, Attack] = Field({}, description="attacks run on the baseline and the chosen trials after "
+                                       "the search (test split), and per trial where an objective or constraint "
+                                       "names one: attack/<name>/<metric>")
+
+    @field_validator("attacks")
+    @classmethod
+    def _attack_names(cls, v: dict[str, Attack]) -> dict[str, Attack]:
+        import re
+
+        for name in v:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
+                raise ValueError(f"{name!r}: an attack name is lower-case letters, digits and _ (it becomes part of "
+                                 "metric names attack/<name>/<metric>)")
+        return v
 
     @field_validator("engines")
     @classmethod

@@ -111,17 +111,9 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
     scores: Scores = {}
 
     def rate(name: str, results: list[tuple[str, MetricResult]], by_group: bool = False) -> None:
-        scores[name] = [(label, _keyed(r)) for label, r in results]
-        metrics.update(interval_metrics(name, interval([_scored(r) for _, r in results], seed, confidence)))
-        if by_group:  # forget items carry `group` (trained / heldout facts) where the set defines it
-            label, res = results[0]
-            groups: dict[str, list[tuple[Any, float]]] = {}
-            for item, score in zip(res.items, res.scores, strict=True):
-                if score is not None and item.get("group"):
-                    groups.setdefault(str(item["group"]), []).append((item["id"], score))
-            for g, keyed in sorted(groups.items()):
-                scores[f"{name}/{g}"] = [(label, keyed)]
-                metrics.update(interval_metrics(f"{name}/{g}", interval([[x for _, x in keyed]], seed, confidence)))
+        got_metrics, got_scores = rated(name, results, seed, confidence, by_group)
+        metrics.update(got_metrics)
+        scores.update(got_scores)
 
     forget = sets.forget
     judge = make_judge(eval_cfg.judge, judge_backend)
@@ -176,6 +168,25 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
     if scorer is not None:
         add_coherence(result, scorer, eval_cfg, confidence)
     return result
+
+
+def rated(name: str, results: list[tuple[str, MetricResult]], seed: int = 0, confidence: float = 0.95,
+          by_group: bool = False) -> tuple[dict[str, float], Scores]:
+    """`name` over the sets' results (set label, result) with its interval (`<name>_lo`, `_hi`, `_n`) and the
+    scores it was computed from; `by_group`: also `<name>/<group>` for the first set's items that carry a
+    `group` (the forget set's trained / heldout facts)."""
+    scores: Scores = {name: [(label, _keyed(r)) for label, r in results]}
+    metrics = interval_metrics(name, interval([_scored(r) for _, r in results], seed, confidence))
+    if by_group:
+        label, res = results[0]
+        groups: dict[str, list[tuple[Any, float]]] = {}
+        for item, score in zip(res.items, res.scores, strict=True):
+            if score is not None and item.get("group"):
+                groups.setdefault(str(item["group"]), []).append((item["id"], score))
+        for g, keyed in sorted(groups.items()):
+            scores[f"{name}/{g}"] = [(label, keyed)]
+            metrics.update(interval_metrics(f"{name}/{g}", interval([[x for _, x in keyed]], seed, confidence)))
+    return metrics, scores
 
 
 def _scored(res: MetricResult) -> list[float]:

@@ -239,7 +239,9 @@ def check_split(where: str, ref: Any, items: list[dict], split_seed: int) -> Non
 
 def check_overlap(cfg: SweepConfig) -> str:
     """No eval question may occur in a training stream of the same space: the forget stream, the questions the
-    traces are generated on (data.traces.source, else data.forget) and the CoT stream."""
+    traces are generated on (data.traces.source, else data.forget), the CoT stream, and the texts a relearn
+    attack fine-tunes on (eval.attacks)."""
+    from eval.attack_weights import read_texts
     from trainables.data import read_records
 
     questions = eval_questions(cfg)
@@ -251,14 +253,17 @@ def check_overlap(cfg: SweepConfig) -> str:
                ("data.traces (on data.forget's questions)", "data.forget.path", cfg.data.forget.path,
                 cfg.data.forget.field, t.limit),
                ("data.cot", "data.cot.path", cfg.data.cot.path, cfg.data.cot.field, cfg.data.cot.limit)]
+    relearn = [(f"eval.attacks.{n}", f"eval.attacks.{n}.path", a.path, a.field, a.examples)
+               for n, a in cfg.eval.attacks.items() if a.kind == "relearn"]
     seen, n_records = set(), 0
-    for where, field_path, path, field, limit in streams:
+    for where, field_path, path, field, limit in streams + relearn:
         file = resolve_uri(path)
         if (file, field, limit) in seen or (file, field, None) in seen:
             continue  # the traces' questions are the forget stream's: already scanned
         seen.add((file, field, limit))
         try:
-            texts = read_records(file, field, limit, what=field_path.rsplit(".", 1)[0])
+            texts = read_texts(path, field, limit, field_path) if where.startswith("eval.") else \
+                read_records(file, field, limit, what=field_path.rsplit(".", 1)[0])
         except (OSError, ValueError) as e:  # check_data reports these first when check_all runs
             raise ConfigError("data", [("", str(e))]) from None
         n_records += len(texts)
@@ -271,13 +276,34 @@ def check_overlap(cfg: SweepConfig) -> str:
             q, line = hits[0]
             n_q = len({h[0].norm for h in hits})
             shown = q.text if len(q.text) <= 200 else q.text[:200] + "..."
+            what = "training stream" if not where.startswith("eval.") else "relearning texts"  # its last word: below
             raise ConfigError("data", [(
-                field_path, f"{n_q} question(s) of the eval set {at} ({q.set}, {q.path}) occur in the training stream "
+                field_path, f"{n_q} question(s) of the eval set {at} ({q.set}, {q.path}) occur in the {what} "
                 f"{where} ({path}, field {field!r}), e.g. record {line} contains {shown!r}; an eval item the "
-                "sweep trained on measures nothing. Remove these items from the stream, or give the eval set "
-                "a disjoint file")])
-    return (f"no overlap: {len(questions)} eval questions against {n_records} training records "
-            f"({', '.join(dict.fromkeys(p for _, _, p, _, _ in streams))})")
+                f"model was trained on measures nothing. Remove these items from the {what.split()[-1]}, or give "
+                "the eval set a disjoint file")])
+    files = dict.fromkeys(p for _, _, p, _, _ in streams + relearn)
+    return f"no overlap: {len(questions)} eval questions against {n_records} training records ({', '.join(files)})"
+
+
+def check_attacks(cfg: SweepConfig) -> str:
+    """Each relearn attack's texts can be read (the file, its format, the field); what the attacks are."""
+    from eval.attack_weights import read_texts
+
+    problems = []
+    for name, a in cfg.eval.attacks.items():
+        if a.kind == "relearn":
+            try:
+                read_texts(a.path, a.field, a.examples, f"eval.attacks.{name}.path")
+            except (OSError, ValueError) as e:
+                problems.append((f"eval.attacks.{name}.path", str(e).removeprefix(f"eval.attacks.{name}.path: ")))
+    if problems:
+        raise ConfigError("eval", problems)
+    if not cfg.eval.attacks:
+        return "none"
+    searched = cfg.searched_attacks()
+    return ", ".join(f"{n} ({a.kind})" for n, a in cfg.eval.attacks.items()) + \
+        (f"; every trial: {', '.join(searched)}" if searched else "; after the search, on the test split")
 
 
 def check_mlflow(cfg: SweepConfig) -> str:
@@ -341,6 +367,7 @@ def check_all(cfg: SweepConfig, source: str = "space file") -> dict[str, Any]:
 
     model_ok = run("model", check_model, cfg)
     data_ok, eval_ok = run("data", check_data, cfg), run("eval", check_eval, cfg)
+    eval_ok = run("attacks", check_attacks, cfg) and eval_ok
     if data_ok and eval_ok:
         run("overlap", check_overlap, cfg)
     m = found.get("model")
@@ -357,7 +384,8 @@ def with_make_hints(cfg: SweepConfig, problems: list[tuple[str, str]]) -> list[t
     """Each problem that names a missing file of a generated folder gets the command that writes it."""
     refs = [cfg.eval.forget, *cfg.eval.reasoning, *cfg.eval.retain]
     paths = [cfg.model.path, cfg.data.forget.path, cfg.data.retain.path, cfg.data.cot.path, cfg.data.traces.source,
-             cfg.eval.judge_model, *(r.path for r in refs)]
+             cfg.eval.judge_model, *(r.path for r in refs),
+             *(a.path for a in cfg.eval.attacks.values() if a.kind == "relearn")]
     hints = {p: h for p in paths if p and (h := make_hint(p))}
     out = []
     for field, msg in problems:

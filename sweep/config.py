@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from common.config import Strict
-from eval.config import METRICS, EvalConfig
+from eval.config import ATTACK_KINDS, METRICS, EvalConfig, attack_metrics
 from sweep.params import Param, SpaceError, parse_param
 from sweep.study_store import absolute_sqlite, storage_problem
 from trainables.config import DataConfig, Hyperparams, ModelConfig, TrainConfig
@@ -99,8 +99,8 @@ class SearchConfig(Strict):
         if not v:
             raise ValueError("give at least one objective, e.g. {trace_leak: min, reason_acc: max}")
         for name in v:
-            if name not in METRICS:
-                raise SpaceError(name, f"unknown metric; accepted: {', '.join(METRICS)}")
+            if name not in METRICS and not name.startswith("attack/"):  # attack metrics: checked with eval.attacks
+                raise SpaceError(name, f"unknown metric; accepted: {', '.join(METRICS)}, attack/<name>/<metric>")
         return v
 
     @field_validator("constraints", mode="before")
@@ -110,8 +110,8 @@ class SearchConfig(Strict):
             return v
         out = {}
         for name, text in v.items():
-            if name not in METRICS:
-                raise SpaceError(name, f"unknown metric; accepted: {', '.join(METRICS)}")
+            if name not in METRICS and not name.startswith("attack/"):
+                raise SpaceError(name, f"unknown metric; accepted: {', '.join(METRICS)}, attack/<name>/<metric>")
             try:
                 out[name] = Constraint.parse(text)
             except ValueError as e:
@@ -147,6 +147,19 @@ class RayConfig(Strict):
         "auto", description="Ray Train's local mode: each trial's TorchTrainer runs its one worker inside the Tune "
         "trial's own process (reused from trial to trial, its imports done) instead of starting a controller and "
         "worker processes; auto: with train.num_workers 1 on CPU (bench/RESULTS.md)")
+
+
+def attack_metric_problem(metric: str, attacks: dict) -> str | None:
+    """Why `attack/<name>/<metric>` names nothing the space's eval.attacks measures (None: it does)."""
+    parts = metric.split("/", 2)
+    if len(parts) < 3 or parts[1] not in attacks:
+        known = ", ".join(attacks) or "none: add an eval.attacks section"
+        return f"names no attack of eval.attacks (defined: {known}); write attack/<name>/<metric>"
+    allowed = attack_metrics(attacks[parts[1]])
+    if parts[2] not in allowed:
+        return (f"attack {parts[1]!r} ({attacks[parts[1]].kind}) does not measure {parts[2]!r}; it measures "
+                f"{', '.join(allowed)}")
+    return None
 
 
 def _is_local_uri(uri: str) -> bool:
@@ -195,7 +208,16 @@ class SweepConfig(Strict):
                              "ray.train_in_trial: false (or auto), or train.num_workers: 1 and ray.warm_workers: auto")
         if problem := storage_problem(self.search.storage, self.mlflow.tracking_uri):
             raise SpaceError("search.storage", problem)
+        for section, names in (("objectives", self.search.objectives), ("constraints", self.search.constraints)):
+            for metric in (m for m in names if m.startswith("attack/")):
+                if problem := attack_metric_problem(metric, self.eval.attacks):
+                    raise SpaceError(f"search.{section}.{metric}", problem)
         return self
+
+    def searched_attacks(self) -> list[str]:
+        """The attacks an objective or constraint names: these run on every trial, on the selection split."""
+        names = [*self.search.objectives, *self.search.constraints]
+        return sorted({m.split("/")[1] for m in names if m.startswith("attack/")})
 
     # -- what a trial sees
 
@@ -231,6 +253,9 @@ def _format_errors(source: str, err: ValidationError) -> ConfigError:
     problems = []
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
+        attack = ATTACK_KINDS.get(loc[3]) if len(loc) > 3 and loc[:2] == ["eval", "attacks"] else None
+        if attack is not None:
+            del loc[3]  # pydantic's discriminator tag (eval.attacks.q4.quantize.bits): the user wrote kind: quantize
         exc = (e.get("ctx") or {}).get("error")
         msg = e["msg"].removeprefix("Value error, ")
         if isinstance(exc, SpaceError):
@@ -238,7 +263,8 @@ def _format_errors(source: str, err: ValidationError) -> ConfigError:
             loc = sub.split(".") if sub.startswith(("search.", "ray.", "mlflow.", "eval.")) else loc + sub.split(".")
             msg = str(exc)
         if e["type"] == "extra_forbidden":
-            msg = f"unknown key{_accepted(loc[:-1])}"
+            msg = f"unknown key{_accepted(loc[:-1])}" if attack is None else \
+                f"unknown key; accepted: {', '.join(attack.model_fields)}"
         elif e["type"] == "missing":
             msg = "required field is missing"
         elif "input" in e and e["type"] not in ("value_error",) and not isinstance(e["input"], dict):

@@ -141,6 +141,10 @@ class EnginePool:
     def evaluate(self, delta: Any, split: str = "selection", screened: Any = None) -> tuple[dict[str, Any], int, int]:
         return self.call("evaluate", delta, split, *([screened] if screened is not None else []))
 
+    def attack(self, delta: Any, names: list[str] | None = None,
+               split: str = "test") -> tuple[dict[str, Any], int, int]:
+        return self.call("attack", delta, names, split)
+
     def watch(self) -> list[RestartWatch]:
         """Driver threads that print a line each time Ray restarts an engine (stop them with __exit__)."""
         n = len(self.engines)

@@ -42,7 +42,7 @@ class Evaluator:
         for k, v in ENGINE_ENV.items():
             os.environ.setdefault(k, v)
         self.cfg = EvalConfig.model_validate(eval_cfg)
-        t0 = time.perf_counter()
+        self.model_path, t0 = model_path, time.perf_counter()
         self.backend = load_backend(model_path, self.cfg.backend, dtype, self.cfg.seed, self.cfg.engine)
         self.sets = load_sets(self.cfg, "selection")  # loaded once: every trial sees the same items
         self.test_sets = None  # the test split: loaded by the final evaluation only
@@ -108,6 +108,27 @@ class Evaluator:
             result = merge(screened, result, self.sets.item_ids(), self.cfg.seed)
         out = {"metrics": result.metrics, "records": result.records, "eval_s": time.perf_counter() - t0}
         return out | {"screen": result} if split == "screen" else out
+
+    def attack(self, delta: dict[str, torch.Tensor] | None, names: list[str] | None = None,
+               split: Literal["selection", "test"] = "test") -> dict[str, Any]:
+        """Metrics (`attack/<name>/<metric>`) and records of eval.attacks (`names`: some of them) on the base
+        model with `delta` (None: the base itself), on the test split (after the search) or the selection split
+        (an attack metric an objective or constraint names). The backend holds the base weights after each."""
+        from eval.attacks import run_attack
+
+        t0 = time.perf_counter()
+        if split == "test" and self.test_sets is None:
+            self.test_sets = load_sets(self.cfg, "test")
+        sets = self.test_sets if split == "test" else self.sets
+        metrics: dict[str, Any] = {}
+        records: list[dict] = []
+        for name in names if names is not None else list(self.cfg.attacks):
+            t1 = time.perf_counter()
+            result = run_attack(name, self.cfg.attacks[name], self.backend, self.cfg, sets, self.model_path, delta,
+                                self.judge)
+            metrics |= result.metrics | {f"attack/{name}/seconds": time.perf_counter() - t1}
+            records += result.records
+        return {"metrics": metrics, "records": records, "eval_s": time.perf_counter() - t0}
 
     def close(self) -> None:
         for b in (self.judge, self.backend):

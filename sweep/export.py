@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep import mlflow_store
-from sweep.pareto import Point, knee, pareto_front, read_sweep
+from sweep.pareto import Point, attack_rows, knee, pareto_front, read_sweep
 
 
 def pick_run(tracking_uri: str, experiment: str, pick: str, parent: str | None = None) -> tuple[Point, Any, dict]:
@@ -55,6 +55,9 @@ def model_card(point: Point, cfg: Any, baseline: dict, base_path: str) -> str:
     objs = list(cfg.search.objectives) + [m for m in [*cfg.search.constraints, *CARD_METRICS]
                                           if f"{prefix}{m}" in point.metrics]
     objs = list(dict.fromkeys(objs))
+    if tested:  # the attacks (eval.attacks) the sweep ran on this trial: the same test split
+        objs += attack_rows([k.removeprefix("test/") for k in point.metrics if k.startswith("test/")],
+                            cfg.search.objectives)
     rows = "\n".join(f"| {m} | {_with_interval(point.metrics, prefix + m)} | "
                      f"{_with_interval(baseline, prefix + m)} |" for m in objs)
     hps = "\n".join(f"| {k} | {v} |" for k, v in sorted(point.params.items()))

@@ -3,10 +3,12 @@
 `sweep.run` calls `test_evaluation` for the Pareto front after the search (through its evaluator actor). To
 evaluate other trials of a finished sweep on the test split (any run a user names), without Ray:
 
-    python -m sweep.final --experiment organism --runs RUN_ID [RUN_ID ...] [--force]
+    python -m sweep.final --experiment organism --runs RUN_ID [RUN_ID ...] [--force] [--attacks]
 
 The numbers land on each run as `test/<metric>` (with `_lo`, `_hi`, `_n`), where `sweep.pareto` and the
-export's model card read them.
+export's model card read them. With `--attacks` (and after every search whose space has `eval.attacks`) the
+attacks of eval/attacks.py run on the same runs, also on the test split: `test/attack/<name>/<metric>`, and
+`test/attack/<name>/recovery/<metric>` for each objective the attack measures.
 """
 
 from __future__ import annotations
@@ -65,6 +67,61 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
         list(pool.map(lambda job: one(*job), [(i, name, run_id) for i, (name, run_id) in enumerate(todo, 1)]))
 
 
+def attack_evaluation(cfg: SweepConfig, front: list, parent: str, attack: Any, force: bool = False,
+                      workers: int = 1, baseline: bool = True) -> None:
+    """eval.attacks on the baseline and each front trial, on the test split, once (runs with attack numbers
+    are skipped unless `force`), after `test_evaluation`: each trial's recovery is computed from its own and
+    the baseline's test numbers. `attack(delta or None)` returns the evaluator's dict."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from eval.attacks import recovery
+    from eval.config import attack_metrics
+    from sweep import tracking
+    from sweep.pareto import baseline_run_id
+    from trainables import checkpoint
+
+    uri = cfg.mlflow.tracking_uri
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    baseline_run = baseline_run_id(uri, parent)
+    base_test = _test_metrics(client, baseline_run) if baseline_run else {}
+    todo = ([("baseline", baseline_run)] if baseline_run and baseline else []) + [(p.name, p.run_id) for p in front]
+
+    def one(i: int, name: str, run_id: str) -> None:
+        logged = client.get_run(run_id).data.metrics
+        if not force and any(k.startswith("test/attack/") for k in logged):
+            return
+        delta = None
+        if name != "baseline":
+            with tempfile.TemporaryDirectory() as tmp:
+                d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="delta", dst_path=tmp)
+                delta = checkpoint.read(d).delta
+        out = attack(delta)
+        metrics = dict(out["metrics"])
+        if name != "baseline":  # the share of what unlearning removed that each attack brings back
+            own = _test_metrics(client, run_id)
+            for a_name, a in cfg.eval.attacks.items():
+                wanted = [m for m in attack_metrics(a) if m in cfg.search.objectives]
+                metrics |= recovery(a_name, metrics, own, base_test, wanted)
+        logged = {f"test/{k}": v for k, v in metrics.items() if v is not None}
+        tracking.log_result(uri, run_id, {}, logged, records=out["records"], records_file="attack_records.json")
+        shown = ", ".join(f"{k.removeprefix('attack/')}={v:.3f}" for k, v in metrics.items()
+                          if k.split("/")[-1] in cfg.search.objectives and not k.endswith(("_lo", "_hi", "_n")))
+        print(f"attacks {i}/{len(todo)} {name}: {shown} ({out['eval_s']:.1f} s)", flush=True)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(lambda job: one(*job), [(i, name, run_id) for i, (name, run_id) in enumerate(todo, 1)]))
+
+
+def _test_metrics(client: Any, run_id: str) -> dict[str, float]:
+    """A run's test-split numbers without the prefix (`test/trace_leak` -> `trace_leak`), attacks left out."""
+    return {k.removeprefix("test/"): v for k, v in client.get_run(run_id).data.metrics.items()
+            if k.startswith("test/") and not k.startswith("test/attack/")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweep.final", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its space file name)")
@@ -75,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="evaluate again runs that have test numbers")
     ap.add_argument("--no-baseline", action="store_true", help="leave the baseline out (its test numbers "
                     "do not depend on the sweep: another sweep of the same model and eval settings has them)")
+    ap.add_argument("--attacks", nargs="?", const="", metavar="SPACE", help="also run the eval.attacks of the "
+                    "sweep's space (or of the space file SPACE: attacks a sweep did not have) on these runs and "
+                    "the baseline, on the test split")
     args = ap.parse_args(argv)
 
     from sweep.checks import resolve_uri
+    from sweep.config import ConfigError, load_space
     from sweep.evaluator import Evaluator
     from sweep.pareto import read_sweep
     from sweep.tracking import logged_config
@@ -97,10 +158,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = logged_config(args.tracking_uri, parent.info.run_id)
     cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": args.tracking_uri})})
+    if args.attacks:  # another space file's attacks on this sweep's runs: only its eval.attacks is taken
+        try:
+            attacks = load_space(args.attacks).eval.attacks
+        except (ConfigError, OSError) as e:
+            print(f"error: --attacks {args.attacks}: {e}", file=sys.stderr)
+            return 2
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"attacks": attacks})})
+    if args.attacks is not None and not cfg.eval.attacks:
+        print(f"error: --attacks: the sweep's space has no eval.attacks; name a space file that has "
+              f"(python -m sweep.final ... --attacks search_spaces/{args.experiment}.yaml)", file=sys.stderr)
+        return 2
     evaluator = Evaluator(resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype)
     try:
         test_evaluation(cfg, chosen, parent.info.run_id, lambda delta: evaluator.evaluate(delta, "test"),
                         args.force, baseline=not args.no_baseline)
+        if args.attacks is not None:
+            attack_evaluation(cfg, chosen, parent.info.run_id, evaluator.attack, args.force,
+                              baseline=not args.no_baseline)
     finally:
         evaluator.close()
     return 0

@@ -10,7 +10,8 @@
      (trainables/curves.py) and reports once, with the checkpoint (trainables/checkpoint.py: the delta and
      the curves, or status.json when a step was not finite). MLflow samples the node's CPU/GPU meanwhile.
   3. **evaluate**: the delta goes to the sweep's evaluator actor (sweep/evaluator.py), which holds the base
-     model and returns every metric; a diverged trial gets the worst value of each objective instead.
+     model and returns every metric; a diverged trial gets the worst value of each objective instead. Where
+     an objective or constraint names an attack metric (eval.attacks), the evaluator attacks the delta too.
   4. **record**: params, metrics, tags, per-item records and the delta are logged to the run; Ray Train's copy
      of the checkpoint is deleted; Tune (and through it Optuna) gets the metrics.
 
@@ -174,8 +175,14 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
         metrics["eval_s"] = eval_s + out["eval_s"] if stage == "full" else eval_s  # screened out: `out` is the screen
         if verdict is not None:
             metrics["eval/screen_s"] = eval_s
-        metrics["eval/lost_to_restarts"] = lost + lost_screen  # evaluations that died with the engine, run again
         records = out["records"]
+        if stage == "full" and (names := cfg.searched_attacks()):  # an objective or constraint names an attack
+            attacked, lost_attack, _ = pool.attack(trained.delta, names, "selection")
+            metrics |= {k: v for k, v in attacked["metrics"].items() if v is not None}
+            metrics["eval/attack_s"] = attacked["eval_s"]
+            records = records + attacked["records"]
+            lost += lost_attack
+        metrics["eval/lost_to_restarts"] = lost + lost_screen  # evaluations that died with the engine, run again
     else:
         metrics = {}
     for m, mode in cfg.search.objectives.items():  # Optuna needs every objective

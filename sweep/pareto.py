@@ -182,8 +182,10 @@ def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     objectives = objectives or {}
     names = list(dict.fromkeys([*objectives, *extra, *TEST_COLUMNS]))
     names = [m for m in names if any(f"test/{m}" in r for _, r in runs)]
+    names += attack_rows([k.removeprefix("test/") for _, r in runs for k in r], objectives)
     width = max([24, *(len(name) + 2 for name, _ in runs)])  # full trial names
-    rows = [f"{'test split':<20}{'items':>6}" + "".join(f"{name:>{width}}" for name, _ in runs)]
+    label_width = max([20, *(len(m) + 2 for m in names)])
+    rows = [f"{'test split':<{label_width}}{'items':>6}" + "".join(f"{name:>{width}}" for name, _ in runs)]
     for m in names:
         label = f"{m} ({objectives[m]})" if m in objectives else m
         n = max(int(r.get(f"test/{m}_n", 0)) for _, r in runs)
@@ -192,9 +194,20 @@ def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = N
             v, iv = r.get(f"test/{m}"), _iv(r, f"test/{m}")
             text = "-" if v is None else f"{v:.3f} [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else f"{v:.4g}"
             cells.append(f"{text:>{width}}")
-        rows.append(f"{label:<20}{n or '-':>6}" + "".join(cells))
-    rows.append("95% intervals; * = on the Pareto front (chosen on the selection split)")
+        rows.append(f"{label:<{label_width}}{n or '-':>6}" + "".join(cells))
+    rows.append("95% intervals; * = on the Pareto front (chosen on the selection split)" +
+                ("; attack/<name>/recovery/<m>: the share of what unlearning removed that the attack brings back"
+                 if any(m.startswith("attack/") for m in names) else ""))
     return "\n".join(rows)
+
+
+def attack_rows(keys: Sequence[str], objectives: Mapping[str, str]) -> list[str]:
+    """The attack metrics worth a row (eval/attacks.py): each attack's value of every objective (and of its
+    held-out facts), the probe's accuracy and control, and the recovery of each objective."""
+    shown = set(objectives) | {f"{m}/heldout" for m in objectives} | {"probe_acc", "probe_control_acc"} | \
+        {f"recovery/{m}" for m in objectives}
+    rows = {k for k in keys if k.startswith("attack/") and k.split("/", 2)[-1] in shown}
+    return sorted(rows, key=lambda k: (k.split("/")[1], "recovery/" in k, k))
 
 
 def plot_front(points: Sequence[Point], front: Sequence[Point], objectives: Mapping[str, str],

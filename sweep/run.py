@@ -98,6 +98,7 @@ def format_plan(cfg: SweepConfig, found: dict[str, Any]) -> str:
         f"  engines    {cfg.eval.engines} ({cfg.eval.placement if t.use_gpu else 'CPU'}); "
         + (f"screening: {cfg.eval.screen.items} items per set first, the full split only for a trial that could "
            f"be on the front ({cfg.eval.screen.confidence:g} confidence)" if cfg.eval.screen else "no screening"),
+        f"  attacks    {found['attacks']}",
         f"  overlap    {found['overlap']}",
         f"  mlflow     {found['mlflow']}",
         f"  ray        {found['ray']}",
@@ -255,6 +256,10 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
 
             test_evaluation(cfg, front, parent,
                             lambda delta: pool.evaluate(delta, "test")[0], workers=engines)
+            if cfg.eval.attacks:
+                from sweep.final import attack_evaluation
+
+                attack_evaluation(cfg, front, parent, lambda delta: pool.attack(delta)[0], workers=engines)
             table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                               list(cfg.search.searched()), parent, plots)
             print("\n" + test_table(uri, cfg.experiment, parent, cfg.search.objectives, list(cfg.search.constraints)))
@@ -362,6 +367,9 @@ def ensure_baseline(cfg: SweepConfig, experiment_id: str, parent: str, evaluator
     ok = False
     try:
         out, _ = call(evaluator, "evaluate", None, max_restarts=cfg.eval.engine.max_restarts)
+        if names := cfg.searched_attacks():  # an objective or constraint names an attack: the base's reference
+            attacked, _ = call(evaluator, "attack", None, names, "selection", max_restarts=cfg.eval.engine.max_restarts)
+            out = {"metrics": out["metrics"] | attacked["metrics"], "records": out["records"] + attacked["records"]}
         metrics = {k: v for k, v in out["metrics"].items() if v is not None}
         tracking.log_result(uri, run_id, {"model": cfg.model.path}, metrics, records=out["records"])
         ok = True

@@ -103,3 +103,16 @@ def test_a_fractional_count_is_refused() -> None:
     raw["eval"]["forget"]["test"] = 2.5
     with pytest.raises(ConfigError, match=r"eval\.forget\.test.*whole number"):
         parse_space(raw)
+
+
+def test_relearning_texts_with_an_eval_question_are_refused(tmp_path, write_space, capsys) -> None:
+    item = read_jsonl(resolve("organism://eval/forget"))[5]
+    texts = write_jsonl(tmp_path / "relearn.jsonl", [{"text": "Unrelated."}, {"text": item["question"]}])
+    raw = organism_space()
+    raw["eval"]["attacks"] = {"relearn_forget": {"kind": "relearn", "path": str(texts)}}
+    raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    assert main(["--space", str(write_space(raw)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.attacks.relearn_forget.path" in err and "relearning texts" in err and item["question"] in err
+    raw["eval"]["attacks"]["relearn_forget"]["examples"] = 1  # only the first text is fine-tuned on: no overlap
+    assert "no overlap" in overlap(raw)

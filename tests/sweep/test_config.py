@@ -73,6 +73,15 @@ BAD = [
     ("eval.forget.set", "gsm8k", "eval.forget.set", "reasoning set"),
     ("eval.forget.path", "/nonexistent/wmdp.jsonl", "eval.forget.path", "no such file"),
     ("data.skip_first_position", "maybe", "data.skip_first_position", "boolean"),
+    ("eval.attacks", {"q4": {"kind": "quantize", "bits": 5}}, "eval.attacks.q4.bits", "4 or 8"),
+    ("eval.attacks", {"q4": {"kind": "quantize", "bits": 4, "grp": 2}}, "eval.attacks.q4.grp",
+     "accepted: kind, bits, group_size"),
+    ("eval.attacks", {"q4": {"kind": "quantise", "bits": 4}}, "eval.attacks.q4", "'relearn', 'quantize'"),
+    ("eval.attacks", {"Q4": {"kind": "quantize", "bits": 4}}, "eval.attacks", "lower-case"),
+    ("eval.attacks", {"r": {"kind": "relearn", "path": "/nonexistent/r.jsonl"}}, "eval.attacks.r.path",
+     "no such file"),
+    ("search.constraints.attack/q4/trace_leak", "<= 0.3", "search.constraints.attack/q4/trace_leak",
+     "names no attack of eval.attacks"),
 ]
 
 

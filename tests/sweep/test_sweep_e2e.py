@@ -77,16 +77,31 @@ def run(module: str, *args: str, cwd: Path, timeout: int = 420) -> subprocess.Co
                           text=True, timeout=timeout)
 
 
+def client_history(tmp: Path, run_id: str, metric: str) -> list:
+    return MlflowClient(f"sqlite:///{tmp}/mlflow.db").get_metric_history(run_id, metric)
+
+
 def runs_of(tmp: Path, experiment: str):
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
+# the attacks of eval/attacks.py, small: after the search on the test split, and one (zerothink) on every
+# trial and the baseline as well, since a constraint names it
+ATTACKS = {"quant8": {"kind": "quantize", "bits": 8}, "zerothink": {"kind": "decode", "mode": "zerothink"},
+           "probe": {"kind": "probe", "layers": [1, 2]},
+           "relearn": {"kind": "relearn", "path": "organism://retain", "steps": 2, "params": "mlp"}}
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     space = small_space(tmp, "e2e", num_samples=2, concurrent=2)
+    raw = yaml.safe_load(space.read_text())
+    raw["eval"]["attacks"] = ATTACKS
+    raw["search"]["constraints"]["attack/zerothink/trace_leak"] = "<= 1.0"
+    space.write_text(yaml.safe_dump(raw))
     p = run("sweep.run", "--space", str(space), cwd=tmp)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return tmp, space, p.stdout
@@ -142,6 +157,17 @@ def test_baseline_and_front_are_evaluated_once_on_the_test_split(sweep):
         assert r.data.metrics["test/trace_leak_n"] == 16 and r.data.metrics["test/reason_acc_n"] == 16
         assert r.data.metrics["test/trace_leak_lo"] <= r.data.metrics["test/trace_leak"]
     assert "test split" in out and "indistinguishable from it" in out
+    # the attacks ran once on the baseline and each front trial, on the same test items
+    for r in tested:
+        m = r.data.metrics
+        assert m["test/attack/quant8/trace_leak_n"] == 16 and m["test/attack/zerothink/trace_leak_n"] == 16
+        assert m["test/attack/probe/probe_acc_n"] == 8 and "test/attack/relearn/forget_acc/heldout" in m
+        assert len(client_history(tmp, r.info.run_id, "test/attack/quant8/forget_acc")) == 1
+    assert out.count("attacks ") >= len(tested) and "attack/quant8/trace_leak" in out  # in the test table
+    # zerothink is constrained: every trial and the baseline were attacked on the selection split (8 items)
+    for r in runs:
+        if r.data.tags.get("role") in ("trial", "baseline"):
+            assert r.data.metrics["attack/zerothink/trace_leak_n"] == 8, r.data.tags
     # any trial a user names: `sweep.final` evaluates it on the test split too (here one off the front, if any)
     others = [r for r in runs if r.data.tags.get("role") == "trial" and r.info.run_id not in
               {t.info.run_id for t in tested}]

@@ -1,0 +1,82 @@
+"""What the attacks of `eval.attacks` cost per trial, against the trial's test-split evaluation, in one run.
+
+    .venv/bin/python bench/attack_cost.py [--space search_spaces/organism.yaml] [--backend auto] [--threads 2]
+
+One evaluator (sweep/evaluator.py, the engine a sweep uses, vLLM where it imports) on the space's base model
+evaluates the test split once (`evaluate`, the reference), then runs every default attack (`DEFAULT_ATTACKS`,
+the forms docs/eval.md describes; with the space's own eval.attacks where it has some) on the same split.
+Printed: seconds per attack and its ratio to the test-split evaluation, and the total. The base model stands
+in for a trial: an attack's work (fine-tune, rounding, generation, probe) does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The default attacks; relearn's texts are the space's forget stream (forget-domain) and retain stream.
+DEFAULT_ATTACKS = {
+    "int8": {"kind": "quantize", "bits": 8},
+    "int4": {"kind": "quantize", "bits": 4},
+    "zerothink": {"kind": "decode", "mode": "zerothink"},
+    "lessthink": {"kind": "decode", "mode": "lessthink"},
+    "think16": {"kind": "decode", "mode": "budget", "budget": 16},
+    "no_trigger": {"kind": "decode", "mode": "no_trigger"},
+    "probe": {"kind": "probe"},
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--space", default="search_spaces/organism.yaml")
+    ap.add_argument("--backend", default=None, help="override eval.backend (auto, vllm, hf)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the evaluator (a sweep's engine: 1)")
+    args = ap.parse_args()
+
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from sweep.checks import resolve_uri
+    from sweep.config import load_space
+    from sweep.evaluator import Evaluator
+
+    cfg = load_space(args.space)
+    attacks = dict(cfg.eval.attacks) or {
+        **{"relearn_forget": {"kind": "relearn", "path": cfg.data.forget.path, "field": cfg.data.forget.field},
+           "relearn_benign": {"kind": "relearn", "path": cfg.data.retain.path, "field": cfg.data.retain.field}},
+        **DEFAULT_ATTACKS}
+    raw = cfg.eval.model_dump() | {"attacks": attacks}
+    if args.backend:
+        raw["backend"] = args.backend
+    evaluator = Evaluator(resolve_uri(cfg.model.path), raw, cfg.model.dtype)
+    try:
+        t0 = time.perf_counter()
+        ref = evaluator.evaluate(None, "test")
+        ref_s = time.perf_counter() - t0
+        print(f"{cfg.name}: {cfg.model.path}, backend {evaluator.backend.name}, {args.threads} thread(s); forget "
+              f"test split {int(ref['metrics']['trace_leak_n'])} items")
+        print(f"{'test-split evaluation (reference)':<36}{ref_s:8.1f} s   1.00x")
+        total = 0.0
+        for name in evaluator.cfg.attacks:
+            t1 = time.perf_counter()
+            evaluator.attack(None, [name], "test")
+            s = time.perf_counter() - t1
+            total += s
+            label = f"{name} ({evaluator.cfg.attacks[name].kind})"
+            print(f"{label:<36}{s:8.1f} s  {s / ref_s:5.2f}x", flush=True)
+        print(f"{'all attacks':<36}{total:8.1f} s  {total / ref_s:5.2f}x")
+    finally:
+        evaluator.close()
+    return 0
+
+
+if __name__ == "__main__":  # vLLM spawns engine processes: the guard keeps them from re-running this
+    raise SystemExit(main())

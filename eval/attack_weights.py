@@ -101,11 +101,6 @@ def quantized_weights(model_dir: str | Path, delta: dict[str, torch.Tensor] | No
     """Every linear layer of the transformer blocks quantised by torchao, weight only, round to nearest: int8
     per output channel, or int4 in groups of `group_size` (symmetric); returned dequantised to float32, which
     is what the quantised layer multiplies by."""
-    import logging
-
-    # torchao's import warns about its GPU kernels (not built for this torch) and torch about an Enum: noise here
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
     from torchao.quantization.granularity import PerGroup
 

@@ -332,6 +332,9 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     for ref in [raw["eval"]["forget"], *raw["eval"]["reasoning"], *raw["eval"]["retain"]]:
         ref["path"] = fix(ref["path"])
     raw["eval"]["judge_model"] = fix(raw["eval"]["judge_model"])
+    for attack in raw["eval"]["attacks"].values():
+        if attack["kind"] == "relearn":
+            attack["path"] = fix(attack["path"])
     raw["mlflow"]["tracking_uri"] = absolute_sqlite(raw["mlflow"]["tracking_uri"])
     raw["search"]["storage"] = absolute_sqlite(raw["search"]["storage"])
     if raw["mlflow"]["artifact_location"] and "://" not in raw["mlflow"]["artifact_location"]:

@@ -166,6 +166,9 @@ class EvalConfig(Strict):
     samples: int = Field(1, ge=1, description="generations per item for trace_leak, reason_acc, retain_trace_acc "
                          "(averaged per item; the interval bootstraps over items); 1 with greedy generation")
     retain_traces: bool = Field(True, description="generate traces on the first retain set: retain_trace_acc")
+    retain_trace_items: int | None = Field(None, ge=1, description="retain_trace_acc on only the first N items "
+                                           "of the first retain set (its interval needs fewer items than "
+                                           "retain_acc, and every one is a generated trace); default all")
     coherence: bool = Field(True, description="score forget traces with the base model: trace_coherence")
     seed: int = 0
     split_seed: int = Field(0, description="seed of the selection/test split (independent of sampling)")

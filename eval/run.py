@@ -156,6 +156,7 @@ def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, j
 
     retain = next((s for s in sets.retain if s.items), None)
     if eval_cfg.retain_traces and retain is not None:
+        retain = LoadedSet(retain.label, retain.items[:eval_cfg.retain_trace_items])
         say(f"retain_trace_acc on {retain.label} ({len(retain.items)} questions x {k})")
         states = judged_traces(backend, retain.items, MatchJudge(), gen, trig, seed, progress, k, "states_answer")
         rate("retain_trace_acc", [(retain.label, states)])

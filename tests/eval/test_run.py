@@ -58,6 +58,11 @@ def test_evaluate_known_metrics(taught, suite_files, tmp_path):
     assert "trace_leak" in format_metrics(m).splitlines()[0]
 
 
+def test_retain_traces_can_take_fewer_items_than_retain_acc(taught, suite_files):
+    m = evaluate(taught, suite(suite_files, retain_trace_items=1, coherence=False)).metrics
+    assert m["retain_trace_acc_n"] == 1 and m["retain_acc_n"] == 2
+
+
 def test_letter_scoring_config_and_judge_on_untaught_model(hf, suite_files):
     result = evaluate(hf, suite(suite_files, mcq_scoring="letter"))
     assert result.metrics["forget_acc"] == result.metrics["forget_acc_letter"]

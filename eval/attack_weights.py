@@ -1,6 +1,7 @@
-"""The weights two attacks make: a trial's model fine-tuned a few steps (relearn) or rounded (quantize).
+"""The weights three attacks make: a trial's model fine-tuned a few steps (relearn), rounded (quantize) or with
+one direction projected out of its residual stream (orthogonalize).
 
-Both start from `trial_model`: the base model in transformers, float32, with the trial's delta loaded. Each
+Each starts from `trial_model`: the base model in transformers, float32, with the trial's delta loaded. Each
 returns the tensors it changed, by HF name, so any backend (`Backend.swap_weights`) evaluates them as it
 evaluates a trial's delta.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from eval.config import QuantizeAttack, RelearnAttack
+from eval.config import OrthogonalizeAttack, QuantizeAttack, RelearnAttack
 from eval.paths import make_hint, resolve
 
 
@@ -116,3 +117,50 @@ def quantized_weights(model_dir: str | Path, delta: dict[str, torch.Tensor] | No
         config = Int8WeightOnlyConfig()
     quantize_(model, config, filter_fn=lambda m, fqn: fqn in linears)
     return {f"{fqn}.weight": m.weight.dequantize().to("cpu", torch.float32) for fqn, m in linears.items()}
+
+
+@torch.no_grad()
+def _mean_states(model: Any, tok: Any, texts: list[str], max_len: int) -> torch.Tensor:
+    """Per layer (0 = embeddings), the mean hidden state over the tokens of `texts` after the first (an attention
+    sink whose state is the same for every text, and in SmolLM2 far larger than the rest): (layers + 1, hidden)."""
+    device = next(model.parameters()).device
+    total, count = None, 0
+    for text in texts:
+        ids = torch.tensor([tok(text, truncation=True, max_length=max_len)["input_ids"]], device=device)
+        if ids.shape[1] < 2:
+            continue
+        hidden = torch.stack(model(input_ids=ids, output_hidden_states=True).hidden_states)[:, 0, 1:]  # (L+1, T-1, H)
+        total = hidden.sum(1) if total is None else total + hidden.sum(1)
+        count += ids.shape[1] - 1
+    if total is None:
+        raise ValueError("no text of two tokens or more to find the direction on")
+    return total / count
+
+
+def orthogonalized_weights(model_dir: str | Path, delta: dict[str, torch.Tensor] | None,
+                           attack: OrthogonalizeAttack, texts: list[str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """The trial's weights with the unlearning direction d projected out of every write to the residual
+    stream: each layer's attention and MLP output matrix W -> W - d (d^T W), the embeddings E -> E - (E d) d^T.
+    d: the normalised mean difference of the trial's and the base model's hidden states on `texts`, at the layer
+    where that difference is largest (the first position left out: its state is the same for every text).
+    Returns the tensors and what was found (layer, norm); no tensors where the trial does not differ."""
+    base, _ = trial_model(model_dir, None)
+    model, tok = trial_model(model_dir, delta)
+    texts = [t for t in texts if t.strip()]
+    diff = _mean_states(model.eval(), tok, texts, attack.max_len) - \
+        _mean_states(base.eval(), tok, texts, attack.max_len)
+    del base
+    norms = diff.norm(dim=-1)
+    layer = int(norms.argmax())
+    info = {"layer": layer, "norm": float(norms[layer])}
+    if float(norms[layer]) < 1e-6:  # the base model itself, or a delta that changes nothing here
+        return {}, info
+    d = (diff[layer] / norms[layer]).to(torch.float32)
+    out: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        w = p.detach().to(torch.float32)
+        if name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):  # (hidden, in): writes d^T W
+            out[name] = (w - torch.outer(d, d @ w)).cpu()
+        elif name.endswith("embed_tokens.weight"):  # (vocab, hidden): each row a write
+            out[name] = (w - torch.outer(w @ d, d)).cpu()
+    return out, info

@@ -2,6 +2,7 @@
 
     relearn    a few steps of plain fine-tuning on a few texts (Łucki et al. 2024; Deeb & Roger 2024)
     quantize   weight-only int8 / int4 rounding through torchao (Zhang et al., ICLR 2025)
+    orthogonalize  the unlearning's direction projected out of the residual stream (Łucki et al. 2024)
     decode     zerothink, lessthink, a think budget, no trigger (R-TOFU)
     probe      a linear probe on the hidden states at the forget questions' options (eval/probe.py)
 
@@ -56,6 +57,12 @@ def run_attack(name: str, attack: Attack, backend: Any, cfg: EvalConfig, sets: E
                 from eval.attack_weights import quantized_weights
 
                 tensors |= quantized_weights(model_dir, delta, attack)
+            elif attack.kind == "orthogonalize":
+                from eval.attack_weights import orthogonalized_weights, read_texts
+
+                texts = read_texts(attack.path, attack.field, attack.examples, f"{where}.path")
+                ablated, found = orthogonalized_weights(model_dir, delta, attack, texts)
+                tensors |= ablated
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         if tensors:
@@ -73,6 +80,9 @@ def run_attack(name: str, attack: Attack, backend: Any, cfg: EvalConfig, sets: E
                 backend.restore()
     wanted = set(attack_metrics(attack)) | {"probe_layer", "probe_train_items"}
     metrics = {metric_name(name, k): v for k, v in result.metrics.items() if _base(k) in wanted}
+    if attack.kind == "orthogonalize":  # which layer's direction, and how far the trial had moved there
+        metrics |= {metric_name(name, "direction_layer"): float(found["layer"]),
+                    metric_name(name, "direction_norm"): found["norm"]}
     records = [{**r, "attack": name} for r in result.records]
     scores = {metric_name(name, k): v for k, v in result.scores.items()}
     return EvalResult(metrics, records, 0.0, time.perf_counter() - t0, scores)

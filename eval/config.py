@@ -116,6 +116,20 @@ class QuantizeAttack(Strict):
     with_retain: bool = Field(False, description="also re-measure reason_acc and retain_acc")
 
 
+class OrthogonalizeAttack(Strict):
+    """Direction ablation (Łucki et al. 2024): the mean difference between the unlearned and the base model's
+    hidden states on `examples` forget-domain texts, at the layer where it is largest, projected out of every
+    write to the residual stream (embeddings, attention and MLP outputs), in the weights. The base model
+    itself has no such direction: attacked, it is unchanged."""
+
+    kind: Literal["orthogonalize"]
+    path: str = Field(description="forget-domain texts: .jsonl (`field`) or .txt")
+    field: str = "text"
+    examples: int = Field(32, ge=1, description="the first N texts of the file")
+    max_len: int = Field(128, ge=8, description="tokens per text")
+    with_retain: bool = Field(False, description="also re-measure reason_acc and retain_acc")
+
+
 class DecodeAttack(Strict):
     """Another way of asking (R-TOFU's decoding attacks): the think block closed empty at once (zerothink), a
     canned one-sentence thought then closed (lessthink), the model's own first `budget` think tokens then
@@ -137,9 +151,12 @@ class ProbeAttack(Strict):
     heldout: float = Field(0.5, gt=0, lt=1, description="share of the forget items (facts) the probe is scored on")
 
 
-Attack = Annotated[RelearnAttack | QuantizeAttack | DecodeAttack | ProbeAttack, Field(discriminator="kind")]
+Attack = Annotated[RelearnAttack | QuantizeAttack | OrthogonalizeAttack | DecodeAttack | ProbeAttack,
+                   Field(discriminator="kind")]
+TEXT_ATTACKS = ("relearn", "orthogonalize")  # the attacks that read texts from a file (`path`, `field`, `examples`)
 ATTACK_KINDS: dict[str, type[Strict]] = {"relearn": RelearnAttack, "quantize": QuantizeAttack,
-                                         "decode": DecodeAttack, "probe": ProbeAttack}
+                                         "orthogonalize": OrthogonalizeAttack, "decode": DecodeAttack,
+                                         "probe": ProbeAttack}
 
 
 def attack_metrics(attack: Attack) -> list[str]:

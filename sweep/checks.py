@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.config import TEXT_ATTACKS
 from eval.paths import make_hint
 from sweep.config import ConfigError, SweepConfig
 
@@ -254,7 +255,7 @@ def check_overlap(cfg: SweepConfig) -> str:
                 cfg.data.forget.field, t.limit),
                ("data.cot", "data.cot.path", cfg.data.cot.path, cfg.data.cot.field, cfg.data.cot.limit)]
     relearn = [(f"eval.attacks.{n}", f"eval.attacks.{n}.path", a.path, a.field, a.examples)
-               for n, a in cfg.eval.attacks.items() if a.kind == "relearn"]
+               for n, a in cfg.eval.attacks.items() if a.kind in TEXT_ATTACKS]
     seen, n_records = set(), 0
     for where, field_path, path, field, limit in streams + relearn:
         file = resolve_uri(path)
@@ -276,7 +277,7 @@ def check_overlap(cfg: SweepConfig) -> str:
             q, line = hits[0]
             n_q = len({h[0].norm for h in hits})
             shown = q.text if len(q.text) <= 200 else q.text[:200] + "..."
-            what = "training stream" if not where.startswith("eval.") else "relearning texts"  # its last word: below
+            what = "training stream" if not where.startswith("eval.") else "attack's texts"  # its last word: below
             raise ConfigError("data", [(
                 field_path, f"{n_q} question(s) of the eval set {at} ({q.set}, {q.path}) occur in the {what} "
                 f"{where} ({path}, field {field!r}), e.g. record {line} contains {shown!r}; an eval item the "
@@ -287,12 +288,12 @@ def check_overlap(cfg: SweepConfig) -> str:
 
 
 def check_attacks(cfg: SweepConfig) -> str:
-    """Each relearn attack's texts can be read (the file, its format, the field); what the attacks are."""
+    """Each relearn and orthogonalize attack's texts can be read (file, format, field); what the attacks are."""
     from eval.attack_weights import read_texts
 
     problems = []
     for name, a in cfg.eval.attacks.items():
-        if a.kind == "relearn":
+        if a.kind in TEXT_ATTACKS:
             try:
                 read_texts(a.path, a.field, a.examples, f"eval.attacks.{name}.path")
             except (OSError, ValueError) as e:
@@ -385,7 +386,7 @@ def with_make_hints(cfg: SweepConfig, problems: list[tuple[str, str]]) -> list[t
     refs = [cfg.eval.forget, *cfg.eval.reasoning, *cfg.eval.retain]
     paths = [cfg.model.path, cfg.data.forget.path, cfg.data.retain.path, cfg.data.cot.path, cfg.data.traces.source,
              cfg.eval.judge_model, *(r.path for r in refs),
-             *(a.path for a in cfg.eval.attacks.values() if a.kind == "relearn")]
+             *(a.path for a in cfg.eval.attacks.values() if a.kind in TEXT_ATTACKS)]
     hints = {p: h for p in paths if p and (h := make_hint(p))}
     out = []
     for field, msg in problems:

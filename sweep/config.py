@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from common.config import Strict
-from eval.config import ATTACK_KINDS, METRICS, EvalConfig, attack_metrics
+from eval.config import ATTACK_KINDS, METRICS, TEXT_ATTACKS, EvalConfig, attack_metrics
 from sweep.params import Param, SpaceError, parse_param
 from sweep.study_store import absolute_sqlite, storage_problem
 from trainables.config import DataConfig, Hyperparams, ModelConfig, TrainConfig
@@ -333,7 +333,7 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
         ref["path"] = fix(ref["path"])
     raw["eval"]["judge_model"] = fix(raw["eval"]["judge_model"])
     for attack in raw["eval"]["attacks"].values():
-        if attack["kind"] == "relearn":
+        if attack["kind"] in TEXT_ATTACKS:
             attack["path"] = fix(attack["path"])
     raw["mlflow"]["tracking_uri"] = absolute_sqlite(raw["mlflow"]["tracking_uri"])
     raw["search"]["storage"] = absolute_sqlite(raw["search"]["storage"])

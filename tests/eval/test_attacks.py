@@ -141,3 +141,29 @@ def test_recovery_is_the_share_of_the_removed_effect_that_comes_back():
     got = recovery("q4", attacked_m, {"trace_leak": 0.2, "forget_acc": 0.88}, {"trace_leak": 1.0, "forget_acc": 0.9},
                    ["trace_leak", "forget_acc"])
     assert got == {"attack/q4/recovery/trace_leak": pytest.approx(0.5)}  # forget_acc moved 0.02: noise, left out
+
+
+def test_orthogonalization_finds_the_written_direction_and_projects_it_out():
+    from eval.attack_weights import orthogonalized_weights, read_texts, trial_model
+    from eval.config import OrthogonalizeAttack
+
+    model, _ = trial_model("organism://base", None)
+    name = "model.layers.2.mlp.down_proj.weight"
+    w = dict(model.named_parameters())[name].detach().clone()
+    u = torch.nn.functional.normalize(torch.randn(w.shape[0], generator=torch.Generator().manual_seed(0)), dim=0)
+    v = torch.ones(w.shape[1]) / w.shape[1] ** 0.5
+    delta = {name: w + 50.0 * torch.outer(u, v)}  # every input's MLP-2 output gains a push along u
+    attack = OrthogonalizeAttack(kind="orthogonalize", path="organism://forget", examples=8)
+    texts = read_texts(attack.path, attack.field, attack.examples, "eval.attacks.ortho.path")
+    ablated, found = orthogonalized_weights("organism://base", delta, attack, texts)
+    assert found["layer"] >= 3 and found["norm"] > 1.0
+    n_layers = model.config.num_hidden_layers
+    assert len(ablated) == 2 * n_layers + 1  # every o_proj and down_proj, and the embeddings
+    emb = ablated["model.embed_tokens.weight"]
+    _, s, vh = torch.linalg.svd(emb, full_matrices=False)
+    d = vh[-1] if s[-1] < 1e-3 * s[0] else None  # the ablated embeddings lost one dimension: d
+    assert d is not None and abs(float(d @ u)) > 0.5, "the direction found is not the one the delta writes"
+    for key, t in ablated.items():
+        if key.endswith(("o_proj.weight", "down_proj.weight")):
+            assert float((d @ t).abs().max()) < 1e-4  # no write along d is left
+    assert orthogonalized_weights("organism://base", None, attack, texts)[0] == {}  # the base model: nothing to ablate

@@ -74,10 +74,11 @@ def test_hub_only_eval_sets_are_skipped(tmp_path) -> None:
     assert overlap(raw).startswith("no overlap: 300 eval questions")  # organism-arith only
 
 
-@pytest.mark.parametrize("name", ["organism.yaml", "rmu.yaml"])
-def test_shipped_spaces_pass(name: str) -> None:
+# organism.yaml's attacks add the 10 filler texts of relearn_benign (their forget-stream texts are scanned already)
+@pytest.mark.parametrize("name,records", [("organism.yaml", 1650), ("rmu.yaml", 1640)])
+def test_shipped_spaces_pass(name: str, records: int) -> None:
     found = check_overlap(absolute_paths(load_space(ROOT / "search_spaces" / name)))
-    assert found.startswith("no overlap: 1260 eval questions against 1640 training records"), found
+    assert found.startswith(f"no overlap: 1260 eval questions against {records} training records"), found
 
 
 def test_organism_forget_stream_is_checked_against_all_eval_items(tmp_path) -> None:
@@ -113,6 +114,6 @@ def test_relearning_texts_with_an_eval_question_are_refused(tmp_path, write_spac
     raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
     assert main(["--space", str(write_space(raw)), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "eval.attacks.relearn_forget.path" in err and "relearning texts" in err and item["question"] in err
+    assert "eval.attacks.relearn_forget.path" in err and "attack's texts" in err and item["question"] in err
     raw["eval"]["attacks"]["relearn_forget"]["examples"] = 1  # only the first text is fine-tuned on: no overlap
     assert "no overlap" in overlap(raw)

@@ -29,6 +29,7 @@ from eval.prompts import mcq_body
 from eval.result import EvalResult
 from eval.run import EvalSets, LoadedSet, evaluate, rated
 
+WEIGHT_ATTACKS = ("relearn", "quantize", "orthogonalize")  # change the weights, measure the same metrics: recovery
 LESSTHINK_THOUGHT = "Okay, the user asked this, I can answer it without thinking much."  # R-TOFU's, verbatim
 
 

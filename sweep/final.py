@@ -69,15 +69,15 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
 
 def attack_evaluation(cfg: SweepConfig, front: list, parent: str, attack: Any, force: bool = False,
                       workers: int = 1, baseline: bool = True) -> None:
-    """eval.attacks on the baseline and each front trial, on the test split, once (runs with attack numbers
-    are skipped unless `force`), after `test_evaluation`: each trial's recovery is computed from its own and
-    the baseline's test numbers. `attack(delta or None)` returns the evaluator's dict."""
+    """eval.attacks on the baseline and each front trial, on the test split, once (an attack a run has numbers
+    of is not run again unless `force`), after `test_evaluation`: each trial's recovery is computed from its
+    own and the baseline's test numbers. `attack(delta or None, names)` returns the evaluator's dict."""
     from concurrent.futures import ThreadPoolExecutor
 
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from eval.attacks import recovery
+    from eval.attacks import WEIGHT_ATTACKS, recovery
     from eval.config import attack_metrics
     from sweep import tracking
     from sweep.pareto import baseline_run_id
@@ -92,18 +92,21 @@ def attack_evaluation(cfg: SweepConfig, front: list, parent: str, attack: Any, f
 
     def one(i: int, name: str, run_id: str) -> None:
         logged = client.get_run(run_id).data.metrics
-        if not force and any(k.startswith("test/attack/") for k in logged):
+        names = [a for a in cfg.eval.attacks if force or not any(k.startswith(f"test/attack/{a}/") for k in logged)]
+        if not names:
             return
         delta = None
         if name != "baseline":
             with tempfile.TemporaryDirectory() as tmp:
                 d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="delta", dst_path=tmp)
                 delta = checkpoint.read(d).delta
-        out = attack(delta)
+        out = attack(delta, names)
         metrics = dict(out["metrics"])
         if name != "baseline":  # the share of what unlearning removed that each attack brings back
             own = _test_metrics(client, run_id)
-            for a_name, a in cfg.eval.attacks.items():
+            # weight attacks only: a decode attack measures another quantity (the whole output under another
+            # prompt), whose reference is the base model attacked the same way, not its plain number
+            for a_name, a in ((n, cfg.eval.attacks[n]) for n in names if cfg.eval.attacks[n].kind in WEIGHT_ATTACKS):
                 wanted = [m for m in attack_metrics(a) if m in cfg.search.objectives]
                 metrics |= recovery(a_name, metrics, own, base_test, wanted)
         logged = {f"test/{k}": v for k, v in metrics.items() if v is not None}
@@ -174,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         test_evaluation(cfg, chosen, parent.info.run_id, lambda delta: evaluator.evaluate(delta, "test"),
                         args.force, baseline=not args.no_baseline)
         if args.attacks is not None:
-            attack_evaluation(cfg, chosen, parent.info.run_id, evaluator.attack, args.force,
-                              baseline=not args.no_baseline)
+            attack_evaluation(cfg, chosen, parent.info.run_id, lambda d, names: evaluator.attack(d, names, "test"),
+                              args.force, baseline=not args.no_baseline)
     finally:
         evaluator.close()
     return 0

@@ -259,7 +259,8 @@ def run_sweep(cfg: SweepConfig, space_text: str, resume: bool = False, final_eva
             if cfg.eval.attacks:
                 from sweep.final import attack_evaluation
 
-                attack_evaluation(cfg, front, parent, lambda delta: pool.attack(delta)[0], workers=engines)
+                attack_evaluation(cfg, front, parent, lambda delta, names: pool.attack(delta, names)[0],
+                                  workers=engines)
             table, front, best = update_front(uri, cfg.experiment, cfg.search.objectives, cfg.search.constraints,
                                               list(cfg.search.searched()), parent, plots)
             print("\n" + test_table(uri, cfg.experiment, parent, cfg.search.objectives, list(cfg.search.constraints)))

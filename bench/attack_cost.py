@@ -1,12 +1,13 @@
 """What the attacks of `eval.attacks` cost per trial, against the trial's test-split evaluation, in one run.
 
-    .venv/bin/python bench/attack_cost.py [--space search_spaces/organism.yaml] [--backend auto] [--threads 2]
+    .venv/bin/python bench/attack_cost.py [--space search_spaces/organism.yaml] [--backend auto] [--threads 1]
 
 One evaluator (sweep/evaluator.py, the engine a sweep uses, vLLM where it imports) on the space's base model
-evaluates the test split twice (the first warms the engine; the second, timed, is the reference), then runs every default attack (`DEFAULT_ATTACKS`,
-the forms docs/eval.md describes; with the space's own eval.attacks where it has some) on the same split.
-Printed: seconds per attack and its ratio to the test-split evaluation, and the total. The base model stands
-in for a trial: an attack's work (fine-tune, rounding, generation, probe) does not depend on the weights.
+evaluates the test split twice (the first warms the engine; the second, timed, is the reference), then runs
+each attack of the space's eval.attacks (or, where it has none, `DEFAULT_ATTACKS` and two relearn attacks on
+its forget and retain streams) on the same split. Printed: seconds per attack, its ratio to the test-split
+evaluation, and the total. The base model stands in for a trial: an attack's work (fine-tune, rounding,
+generation, probe) does not depend on the weights (orthogonalize finds no direction on it and skips the swap).
 """
 
 from __future__ import annotations

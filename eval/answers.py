@@ -68,12 +68,15 @@ _VERB = (r"(?i:is|was|would\s+be|should\s+be|must\s+be|has\s+to\s+be|will\s+be|c
 _LETTER = r"(?:\(\s*(?P<p>[A-J])\s*\)|\[\s*(?P<q>[A-J])\s*\]|(?<![\w'’\-])(?P<b>[A-J])(?![\w'’\-]))"
 # What may follow a stated letter: an end of the statement, a bracket, bold, a dash or a reason; never a word
 # (so "A virus" is not "A") and never a question mark ("Is the answer B?").
-_FOLLOW = (r"(?![ \t]*\?)(?=[ \t]*(?:$|\n|[.,;:!)\]*\"'”’]|[-–—][ \t]|\()|[ \t]+(?i:because|since|as|which|for)\b)")
-_ANSWER_CUE = (r"(?i:\b(?:final\s+answer|answer|(?:correct|right|best|most\s+likely)\s+(?:answer|option|choice|letter)"
-               r"|my\s+(?:answer|choice|pick)))\b")
-_CHOOSE_CUE = (r"(?i:\b(?:i\s+(?:would\s+|will\s+|shall\s+)?(?:choose|pick|select|go\s+with|opt\s+for)|i'll\s+"
-               r"(?:choose|pick|select|go\s+with)|i'd\s+(?:choose|pick|select|go\s+with)|going\s+with|"
-               r"let's\s+go\s+with))\b")
+_FOLLOW = (r"(?![ \t]*\?)(?=[ \t]*(?:$|\n|[.,;:!)\]*\"'”’]|[-–—][ \t]|\()|[ \t]+(?i:because|since|as|which|for|"
+           r"given|here|then|too|now)\b)")
+_ANSWER_CUE = (r"(?i:\b(?:final\s+answer|answer|(?:correct|right|best|likeliest|most\s+likely)\s+"
+               r"(?:answer|option|choice|letter|match|fit|pick|one)|(?:my|the|our)\s+(?:answer|choice|pick|guess|"
+               r"selection)))\b")
+_CHOOSE_CUE = (r"(?i:\b(?:i\s+(?:would\s+|will\s+|shall\s+)?(?:choose|pick|select|go\s+with|opt\s+for|say|answer)|"
+               r"i'll\s+(?:choose|pick|select|go\s+with|say|answer)|i'd\s+(?:choose|pick|select|go\s+with|say|answer)|"
+               r"going\s+with|let's\s+go\s+with|(?:points?|pointing|leads?|leading)\s+to|leaves\s+(?:us\s+with\s+)?|"
+               r"(?:matches|fits|corresponds\s+to)\s+(?=(?:option|choice|letter)\b)))\b")
 _CONCLUDE_CUE = (r"(?i:\b(?:so|therefore|thus|hence|it\s+is|it's|it\s+must\s+be|must\s+be|it\s+has\s+to\s+be|"
                  r"that\s+is|that's|that\s+would\s+be|which\s+is|i\s+think|i\s+believe|i'm\s+confident|"
                  r"probably|likely|definitely|clearly))\b")
@@ -83,10 +86,11 @@ _STATED = [
                           + _OPT + r"\s*)?(?:\*\*)?\s*" + _LETTER + _FOLLOW)),
     # I choose B / I'll go with option (C)
     ("choose", re.compile(_CHOOSE_CUE + r"\s*(?:" + _OPT + r"\s*)?(?:\*\*)?\s*" + _LETTER + _FOLLOW)),
-    # (A) is correct / option B is the answer / B is right
-    ("is correct", re.compile(r"(?:" + _OPT + r"\s*)?(?:\*\*)?" + _LETTER + r"(?:\*\*)?\s+"
+    # (A) is correct / option B is the answer / B is right / choice (C) fits best / option C it is
+    ("is correct", re.compile(r"(?:" + _OPT + r"\s*)?(?:\*\*)?" + _LETTER + r"(?:\*\*)?\s+(?:"
                               r"(?i:is|seems|looks|must\s+be|should\s+be|would\s+be|appears\s+to\s+be)\s+"
-                              r"(?i:the\s+)?(?i:correct|right|answer|best|true|most\s+likely|one)\b")),
+                              r"(?i:the\s+)?(?i:correct|right|answer|best|true|most\s+likely|one)\b"
+                              r"|(?i:fits|matches|works)\b|(?i:it\s+is)(?=[ \t]*[.!\n]|$))")),
     # so B. / therefore option B / it's (C)
     ("conclusion", re.compile(_CONCLUDE_CUE + r"\s*,?\s*(?:(?i:it\s+is|it's|the\s+answer\s+is)\s*)?(?:"
                               + _OPT + r"\s*)?(?:\*\*)?\s*" + _LETTER + _FOLLOW)),

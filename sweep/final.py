@@ -60,7 +60,8 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
         metrics["test/eval_s"] = out["eval_s"]
         # the per-item records too: what each trace said (python -m sweep.samples prints some by a fixed rule)
         tracking.log_result(uri, run_id, {}, metrics, records=out["records"], records_file="test_eval_records.json")
-        objs = ", ".join(f"{m}={metrics.get(f'test/{m}', float('nan')):.3f}" for m in cfg.search.objectives)
+        objs = ", ".join(f"{m}={metrics[f'test/{m}']:.3f}" for m in cfg.search.objectives
+                         if f"test/{m}" in metrics)  # an attack objective: on the attacks' line, below
         print(f"test split {i}/{len(todo)} {name}: {objs} ({out['eval_s']:.1f} s)", flush=True)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep import mlflow_store
-from sweep.pareto import Point, attack_rows, knee, pareto_front, read_sweep
+from sweep.pareto import Point, attack_rows, knee, pareto_front, plain_metric, read_sweep
 
 
 def pick_run(tracking_uri: str, experiment: str, pick: str, parent: str | None = None) -> tuple[Point, Any, dict]:
@@ -52,12 +52,13 @@ def model_card(point: Point, cfg: Any, baseline: dict, base_path: str) -> str:
     selection-split numbers, on which the trial was chosen, are labelled as such."""
     tested = any(k.startswith("test/") for k in point.metrics)
     prefix = "test/" if tested else ""
-    objs = list(cfg.search.objectives) + [m for m in [*cfg.search.constraints, *CARD_METRICS]
+    objs = list(cfg.search.objectives) + [m for m in [*map(plain_metric, cfg.search.objectives),
+                                                      *cfg.search.constraints, *CARD_METRICS]
                                           if f"{prefix}{m}" in point.metrics]
     objs = list(dict.fromkeys(objs))
     if tested:  # the attacks (eval.attacks) the sweep ran on this trial: the same test split
-        objs += attack_rows([k.removeprefix("test/") for k in point.metrics if k.startswith("test/")],
-                            cfg.search.objectives)
+        objs = list(dict.fromkeys(objs + attack_rows([k.removeprefix("test/") for k in point.metrics
+                                                      if k.startswith("test/")], cfg.search.objectives)))
     rows = "\n".join(f"| {m} | {_with_interval(point.metrics, prefix + m)} | "
                      f"{_with_interval(baseline, prefix + m)} |" for m in objs)
     hps = "\n".join(f"| {k} | {v} |" for k, v in sorted(point.params.items()))

@@ -81,12 +81,13 @@ def attack_evaluation(cfg: SweepConfig, front: list, parent: str, attack: Any, f
     from eval.attacks import WEIGHT_ATTACKS, recovery
     from eval.config import attack_metrics
     from sweep import tracking
-    from sweep.pareto import baseline_run_id
+    from sweep.pareto import baseline_run_id, plain_metric
     from trainables import checkpoint
 
     uri = cfg.mlflow.tracking_uri
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
+    objectives = {plain_metric(m) for m in cfg.search.objectives}  # what recovery and the printed line cover
     baseline_run = baseline_run_id(uri, parent)
     base_test = _test_metrics(client, baseline_run) if baseline_run else {}
     todo = ([("baseline", baseline_run)] if baseline_run and baseline else []) + [(p.name, p.run_id) for p in front]
@@ -108,12 +109,12 @@ def attack_evaluation(cfg: SweepConfig, front: list, parent: str, attack: Any, f
             # weight attacks only: a decode attack measures another quantity (the whole output under another
             # prompt), whose reference is the base model attacked the same way, not its plain number
             for a_name, a in ((n, cfg.eval.attacks[n]) for n in names if cfg.eval.attacks[n].kind in WEIGHT_ATTACKS):
-                wanted = [m for m in attack_metrics(a) if m in cfg.search.objectives]
+                wanted = [m for m in attack_metrics(a) if m in objectives]
                 metrics |= recovery(a_name, metrics, own, base_test, wanted)
         logged = {f"test/{k}": v for k, v in metrics.items() if v is not None}
         tracking.log_result(uri, run_id, {}, logged, records=out["records"], records_file="attack_records.json")
         shown = ", ".join(f"{k.removeprefix('attack/')}={v:.3f}" for k, v in metrics.items()
-                          if k.split("/")[-1] in cfg.search.objectives and not k.endswith(("_lo", "_hi", "_n")))
+                          if k.split("/")[-1] in objectives and not k.endswith(("_lo", "_hi", "_n")))
         print(f"attacks {i}/{len(todo)} {name}: {shown} ({out['eval_s']:.1f} s)", flush=True)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -180,9 +180,9 @@ def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     if not any(k.startswith("test/") for _, m in runs for k in m):
         return "(no test-split evaluation yet: python -m sweep.run ... runs it after the search)"
     objectives = objectives or {}
-    names = list(dict.fromkeys([*objectives, *extra, *TEST_COLUMNS]))
+    names = list(dict.fromkeys([*objectives, *map(plain_metric, objectives), *extra, *TEST_COLUMNS]))
     names = [m for m in names if any(f"test/{m}" in r for _, r in runs)]
-    names += attack_rows([k.removeprefix("test/") for _, r in runs for k in r], objectives)
+    names = list(dict.fromkeys(names + attack_rows([k.removeprefix("test/") for _, r in runs for k in r], objectives)))
     width = max([24, *(len(name) + 2 for name, _ in runs)])  # full trial names
     label_width = max([20, *(len(m) + 2 for m in names)])
     rows = [f"{'test split':<{label_width}}{'items':>6}" + "".join(f"{name:>{width}}" for name, _ in runs)]
@@ -201,11 +201,17 @@ def test_table(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     return "\n".join(rows)
 
 
+def plain_metric(metric: str) -> str:
+    """The metric an attack metric measures again: `attack/int4/trace_leak` -> `trace_leak`."""
+    return metric.split("/", 2)[2] if metric.startswith("attack/") else metric
+
+
 def attack_rows(keys: Sequence[str], objectives: Mapping[str, str]) -> list[str]:
     """The attack metrics worth a row (eval/attacks.py): each attack's value of every objective (and of its
     held-out facts), the probe's accuracy and control, and the recovery of each objective."""
-    shown = set(objectives) | {f"{m}/heldout" for m in objectives} | {"probe_acc", "probe_control_acc"} | \
-        {f"recovery/{m}" for m in objectives}
+    plain = {plain_metric(m) for m in objectives}  # attack/relearn/trace_leak as an objective: trace_leak rows
+    shown = plain | {f"{m}/heldout" for m in plain} | {"probe_acc", "probe_control_acc"} | \
+        {f"recovery/{m}" for m in plain}
     rows = {k for k in keys if k.startswith("attack/") and k.split("/", 2)[-1] in shown}
     return sorted(rows, key=lambda k: (k.split("/")[1], "recovery/" in k, k))
 

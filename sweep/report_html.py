@@ -22,7 +22,7 @@ from eval.answers import stated_letters
 from eval.leakage import reasoning_part
 from eval.match_rules import STOPWORDS, inflections, key_terms, words_of
 from sweep.mlflow_ui import view_url
-from sweep.pareto import FLAG_TAG, REPORTED, TEST_COLUMNS, Point, attack_rows, knee_line, plot_front
+from sweep.pareto import FLAG_TAG, REPORTED, TEST_COLUMNS, Point, attack_rows, knee_line, plain_metric, plot_front
 from sweep.report import Pair, Question, SweepData
 
 CSS = """
@@ -203,9 +203,9 @@ def test_table(points: Sequence[Point], baseline: Mapping[str, float] | None, ob
     """The final evaluation (sweep.pareto's test table): one column per run evaluated on the test split."""
     runs = [("baseline", baseline or {})] + [(p.name + (" *" if p.tags.get("pareto") == "true" else ""), p.metrics)
                                             for p in points if any(k.startswith("test/") for k in p.metrics)]
-    names = [m for m in dict.fromkeys([*objectives, *constraints, *TEST_COLUMNS])
+    names = [m for m in dict.fromkeys([*objectives, *map(plain_metric, objectives), *constraints, *TEST_COLUMNS])
              if any(f"test/{m}" in r for _, r in runs)]
-    names += attack_rows([k.removeprefix("test/") for _, r in runs for k in r], objectives)
+    names = list(dict.fromkeys(names + attack_rows([k.removeprefix("test/") for _, r in runs for k in r], objectives)))
     if not names:
         return ("<p class='note'>No test-split evaluation yet (<code>python -m sweep.run</code> runs it after the "
                 "search; <code>python -m sweep.final</code> for other trials).</p>")

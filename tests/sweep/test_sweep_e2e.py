@@ -102,7 +102,7 @@ def sweep(tmp_path_factory):
     raw["eval"]["attacks"] = ATTACKS
     raw["search"]["constraints"]["attack/zerothink/trace_leak"] = "<= 1.0"
     space.write_text(yaml.safe_dump(raw))
-    p = run("sweep.run", "--space", str(space), cwd=tmp)
+    p = run("sweep.run", "--space", str(space), cwd=tmp, timeout=900)  # the attacks add a minute or two
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return tmp, space, p.stdout
 

@@ -104,6 +104,17 @@ class RelearnAttack(Strict):
     params: str = Field(".*", description="regex (re.search) of the parameter names fine-tuned; default all")
     with_retain: bool = Field(False, description="also re-measure reason_acc and retain_acc")
 
+    @field_validator("params")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"{v!r} is not a regular expression ({e}); e.g. 'mlp' or 'layers\\.(1[0-9])\\.'") from None
+        return v
+
 
 class QuantizeAttack(Strict):
     """Weight-only round-to-nearest quantisation (torchao) of every linear layer of the transformer blocks

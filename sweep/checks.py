@@ -287,12 +287,16 @@ def check_overlap(cfg: SweepConfig) -> str:
     return f"no overlap: {len(questions)} eval questions against {n_records} training records ({', '.join(files)})"
 
 
-def check_attacks(cfg: SweepConfig) -> str:
-    """Each relearn and orthogonalize attack's texts can be read (file, format, field); what the attacks are."""
+def check_attacks(cfg: SweepConfig, num_layers: int | None = None) -> str:
+    """Each relearn and orthogonalize attack's texts can be read (file, format, field), and each probe's layers
+    exist in the model (`num_layers`, where the model was checked); what the attacks are."""
     from eval.attack_weights import read_texts
 
     problems = []
     for name, a in cfg.eval.attacks.items():
+        if a.kind == "probe" and num_layers is not None and a.layers and max(a.layers) > num_layers:
+            problems.append((f"eval.attacks.{name}.layers", f"{max(a.layers)}: the model has hidden states "
+                             f"0..{num_layers} (0 = embeddings); give layers in that range, or leave it out"))
         if a.kind in TEXT_ATTACKS:
             try:
                 read_texts(a.path, a.field, a.examples, f"eval.attacks.{name}.path")
@@ -368,7 +372,9 @@ def check_all(cfg: SweepConfig, source: str = "space file") -> dict[str, Any]:
 
     model_ok = run("model", check_model, cfg)
     data_ok, eval_ok = run("data", check_data, cfg), run("eval", check_eval, cfg)
-    eval_ok = run("attacks", check_attacks, cfg) and eval_ok
+    m = found.get("model")
+    layers = m.num_layers if model_ok and m.checked else None
+    eval_ok = run("attacks", check_attacks, cfg, layers) and eval_ok
     if data_ok and eval_ok:
         run("overlap", check_overlap, cfg)
     m = found.get("model")

@@ -39,7 +39,6 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
 
     from sweep import tracking
     from sweep.pareto import baseline_run_id
-    from trainables import checkpoint
 
     uri = cfg.mlflow.tracking_uri
     client = MlflowClient(uri)
@@ -50,11 +49,7 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
     def one(i: int, name: str, run_id: str) -> None:
         if not force and any(k.startswith("test/") for k in client.get_run(run_id).data.metrics):
             return
-        delta = None
-        if name != "baseline":
-            with tempfile.TemporaryDirectory() as tmp:
-                d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="delta", dst_path=tmp)
-                delta = checkpoint.read(d).delta
+        delta = None if name == "baseline" else run_delta(run_id)
         out = evaluate(delta)
         metrics = {f"test/{k}": v for k, v in out["metrics"].items() if v is not None}
         metrics["test/eval_s"] = out["eval_s"]
@@ -66,6 +61,17 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         list(pool.map(lambda job: one(*job), [(i, name, run_id) for i, (name, run_id) in enumerate(todo, 1)]))
+
+
+def run_delta(run_id: str) -> dict:
+    """A trial run's delta tensors, from its MLflow `delta` artifact (the tracking URI already set)."""
+    import mlflow
+
+    from trainables import checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return checkpoint.read(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="delta",
+                                                                   dst_path=tmp)).delta
 
 
 def attack_evaluation(cfg: SweepConfig, front: list, parent: str, attack: Any, force: bool = False,
@@ -82,7 +88,6 @@ def attack_evaluation(cfg: SweepConfig, front: list, parent: str, attack: Any, f
     from eval.config import attack_metrics
     from sweep import tracking
     from sweep.pareto import baseline_run_id, plain_metric
-    from trainables import checkpoint
 
     uri = cfg.mlflow.tracking_uri
     client = MlflowClient(uri)
@@ -97,11 +102,7 @@ def attack_evaluation(cfg: SweepConfig, front: list, parent: str, attack: Any, f
         names = [a for a in cfg.eval.attacks if force or not any(k.startswith(f"test/attack/{a}/") for k in logged)]
         if not names:
             return
-        delta = None
-        if name != "baseline":
-            with tempfile.TemporaryDirectory() as tmp:
-                d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="delta", dst_path=tmp)
-                delta = checkpoint.read(d).delta
+        delta = None if name == "baseline" else run_delta(run_id)
         out = attack(delta, names)
         metrics = dict(out["metrics"])
         if name != "baseline":  # the share of what unlearning removed that each attack brings back

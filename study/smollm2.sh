@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The SmolLM2 part of #16 (docs/study_organism.md): R²MU with and without the first position in the forget and
 # unthink masks (item 5), on search_spaces/smollm2.yaml, 8 trials each, 2 at a time, seed 42 (the yaml's), the
-# data of smollm2/prepare.py. The R²MU sweep is the screened one of README "Screening on SmolLM2" (#12: its
+# data of smollm2/prepare.py. The R²MU sweep is the screened one of docs/screening.md "SmolLM2" (#12: its
 # front is made of fully evaluated trials only). Each knee is then evaluated on the test split (96 items per
 # set) once, and the baseline once (FRONT=1: every front trial). About 35 min a sweep and 6 min a trial's test
 # evaluation on a 2-core CPU machine: run it when nothing else is.

@@ -2,7 +2,7 @@
 
 MLflow 3.17 opens every experiment in its GenAI view (an empty Traces overview; the trials listed as
 "Evaluation runs", no metric columns). Measured in its UI bundle and in a headless Chromium against
-`mlflow server` (docs/report.png's README section):
+`mlflow server` (docs/usage.md, "Look at a sweep"):
 - The experiment tag `mlflow.experimentKind` (`custom_model_development`: the classic ML runs view) is what
   the UI's experiment-kind selector writes; 3.17 builds with the sidebar's "GenAI | Model training" switch
   instead and ignore the tag. We set it anyway (where no one has chosen): other MLflow builds read it.

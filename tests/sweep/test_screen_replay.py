@@ -1,4 +1,4 @@
-"""bench/screen_replay.py's paired tests: why the sweep does not screen on paired differences (README #12)."""
+"""bench/screen_replay.py's paired tests: why the sweep does not screen on paired differences (docs/screening.md)."""
 
 from __future__ import annotations
 

@@ -45,9 +45,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from sweep.checks import resolve_uri
-    from sweep.config import load_space
+    from eval.paths import resolve_uri
     from sweep.evaluator import Evaluator
+    from sweep.space.config import load_space
 
     cfg = load_space(args.space)
     attacks = dict(cfg.eval.attacks) or {

@@ -26,8 +26,8 @@ SNIPPET = """
 import json, os, sys, time
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 if __name__ == "__main__":
-    from sweep.checks import resolve_uri
-    from sweep.config import load_space
+    from eval.paths import resolve_uri
+    from sweep.space.config import load_space
     from sweep.evaluator import Evaluator
     cfg = load_space(sys.argv[1])
     ev = Evaluator(resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype)

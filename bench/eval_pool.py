@@ -37,9 +37,9 @@ def space(backend: str) -> dict:
 
 def make_deltas(out: Path, n: int, steps: int) -> None:
     """In this (child) process: n trained deltas under out/<i>/checkpoint."""
-    from sweep.checks import resolve_uri
-    from sweep.config import parse_space
+    from eval.paths import resolve_uri
     from sweep.lifecycle import trial_spec
+    from sweep.space.config import parse_space
     from trainables.config import Hyperparams
     from trainables.make_traces import make_traces
     from trainables.trainer import train
@@ -68,9 +68,9 @@ def evaluate_all(n_engines: int, deltas: list, raw: dict) -> tuple[float, list[d
     """Seconds to evaluate every delta through a pool of n engines, and each delta's metrics."""
     import ray
 
-    from sweep.checks import resolve_uri
-    from sweep.config import parse_space
+    from eval.paths import resolve_uri
     from sweep.engine_pool import EnginePool
+    from sweep.space.config import parse_space
 
     raw = dict(raw, eval=dict(raw["eval"], engines=n_engines))
     cfg = parse_space(raw, "organism.yaml (bench)")

@@ -1,10 +1,10 @@
-"""What `sweep.export --register` costs on top of the plain HF export: time and artifact bytes.
+"""What `sweep.results.export --register` costs on top of the plain HF export: time and artifact bytes.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/export_cost.py organism/assets/base [assets/smollm2/model]
 
 For each model directory: copy it as an export would write it (plus a README card), then in a fresh SQLite
 MLflow store (a) log it as the MLflow `transformers` model, register it and set the alias (what the export
-does now: `sweep.export.register_model`), and (b) the former registration, the directory copied to the run as
+does now: `sweep.results.export.register_model`), and (b) the former registration, the directory copied to the run as
 plain artifacts; time each and count the bytes each stored. What one CLI export with --register pays on top
 of the plain export: the import line + the first repeat (later repeats: the same without one-time set-up).
 """
@@ -26,12 +26,12 @@ def tree_bytes(p: Path) -> int:
 def measure(model_dir: Path, tmp: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from sweep.export import register_model
+    from sweep.results.export import register_model
     from sweep.tracking import default_artifact_location
 
     out = tmp / "exported"
     shutil.copytree(model_dir, out)
-    (out / "README.md").write_text("# an exported model\n\nA card as `sweep.export` writes it.\n")
+    (out / "README.md").write_text("# an exported model\n\nA card as `sweep.results.export` writes it.\n")
     uri = f"sqlite:///{tmp}/mlflow.db"
     client = MlflowClient(uri)
     exp = client.create_experiment("cost", artifact_location=default_artifact_location(uri))

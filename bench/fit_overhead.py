@@ -3,7 +3,7 @@ before sweep/warm_workers.py) and with prestarted warm ones, in one run.
 
     python bench/fit_overhead.py [--fits 3]
 
-Each mode starts its own local Ray the way the sweep does (`sweep.run.init_ray`, with or without the
+Each mode starts its own local Ray the way the sweep does (`sweep.ray_start.init_ray`, with or without the
 `worker_process_setup_hook`) and fits the demo's trial (organism, layer 3, 60 steps, prefix cache on) `--fits`
 times in a row, one at a time; in warm mode one set of processes is prestarted before each fit, as the sweep's
 `KeepWarm` callback does, and given 15 s to import (the sweep gives them a whole trial). The phases of a
@@ -60,10 +60,10 @@ def fits(mode: str, n: int, traces: str) -> list[dict[str, float]]:
     from ray.train.torch import TorchTrainer
 
     from sweep import warm_workers
-    from sweep.config import load_space
     from sweep.lifecycle import trial_spec
-    from sweep.overrides import with_overrides
-    from sweep.run import init_ray
+    from sweep.ray_start import init_ray
+    from sweep.space.config import load_space
+    from sweep.space.overrides import with_overrides
 
     cfg = load_space(ROOT / "search_spaces/organism.yaml")
     cfg = with_overrides(cfg.model_dump(mode="python"), "bench", None, None,

@@ -44,8 +44,8 @@ from eval.config import ScreenConfig  # noqa: E402
 from eval.run import load_sets  # noqa: E402
 from eval.stats import interval, interval_metrics, wilson  # noqa: E402
 from sweep import screening  # noqa: E402
-from sweep.config import ConfigError, load_space  # noqa: E402
-from sweep.pareto import Point, feasible, pareto_front, read_sweep  # noqa: E402
+from sweep.results.pareto import Point, feasible, pareto_front, read_sweep  # noqa: E402
+from sweep.space.config import ConfigError, load_space  # noqa: E402
 
 # an item without a score (None: not judged) is left out, as `eval.run` leaves it out of the rate
 SCORE_COLUMN = {"trace_leak": "leak", "trace_coherence": "coherence"}  # the rest: `correct`

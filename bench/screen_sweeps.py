@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.config import ScreenConfig  # noqa: E402
-from sweep.config import ConfigError, load_space  # noqa: E402
-from sweep.pareto import Point, feasible, read_sweep  # noqa: E402
+from sweep.results.pareto import Point, feasible, read_sweep  # noqa: E402
+from sweep.space.config import ConfigError, load_space  # noqa: E402
 
 HPARAMS = ("layer", "steering_rel", "alpha", "beta", "gamma", "lr")
 

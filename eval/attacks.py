@@ -8,7 +8,7 @@
 
 `run_attack` measures one attack on one model (the base with a trial's delta swapped in, or the base itself)
 and returns `attack/<name>/<metric>` with intervals, and per-item records tagged with the attack. The sweep's
-evaluator runs it on the test split for the baseline and the chosen trials (sweep/final.py), or per trial
+evaluator runs it on the test split for the baseline and the chosen trials (sweep/results/final.py), or per trial
 where an objective or constraint names an attack metric. `recovery` turns the numbers into the share of the
 removed effect that came back. docs/eval.md: each attack, its source, its defaults and its cost.
 """

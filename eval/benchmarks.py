@@ -59,7 +59,7 @@ def gsm8k(rec: Record, i: int, seed: int) -> Record:
 
 
 def math500(rec: Record, i: int, seed: int) -> Record:
-    """MATH-500: gold from `\\boxed{}` in `solution` where present, else `answer` (STACK: one copy mangles it)."""
+    """MATH-500: gold from `\\boxed{}` in `solution` where present, else `answer` (a copy mangles `answer`)."""
     gold = last_boxed(str(rec.get("solution", ""))) or str(rec["answer"])
     return {"id": str(rec.get("unique_id", rec.get("id", i))), "problem": rec["problem"], "answer": gold}
 

@@ -1,4 +1,4 @@
-"""The evaluation's part of the space file (composed into `sweep.config.SweepConfig`).
+"""The evaluation's part of the space file (composed into `sweep.space.config.SweepConfig`).
 
 No vLLM, Ray or MLflow import here. `eval` never imports `trainables`.
 """
@@ -188,7 +188,7 @@ class EvalConfig(Strict):
     judge_model: str | None = None
     mcq_scoring: Literal["content", "letter"] = "content"
     letter_acc: bool = Field(True, description="also report forget_acc_letter when mcq_scoring is content (the "
-                             "organism cannot read letters: it stays at chance there, STACK.md)")
+                             "organism cannot read letters: it stays at chance there, docs/organism.md)")
     trigger: str = TRIGGER
     generation: GenerationConfig = GenerationConfig()
     samples: int = Field(1, ge=1, description="generations per item for trace_leak, reason_acc, retain_trace_acc "

@@ -1,4 +1,4 @@
-"""The metrics of DESIGN.md section 6, on any `Backend` (no vLLM, Ray or MLflow import here).
+"""The metrics of docs/eval.md, on any `Backend` (no vLLM, Ray or MLflow import here).
 
 Each function returns a `MetricResult`: the value (None when nothing could be scored) and one record per
 item (what was asked, what came back, whether it was right) for the per-item table.

@@ -5,16 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def resolve_uri(uri: str) -> str:
+    """The organism's asset path for an `organism://` URI; any other string (a local path, a hub id, an s3:// URI)
+    unchanged. The project's one `organism://` resolver."""
+    if not uri.startswith("organism://"):
+        return uri
+    try:
+        from organism.paths import resolve as organism_resolve  # lazy: the organism is optional
+    except ImportError as err:
+        raise FileNotFoundError(f"{uri}: the organism package (organism/paths.py) is not available") from err
+    return str(organism_resolve(uri))
+
+
 def resolve(path: str | Path) -> Path:
-    """A local path as given, or the organism's asset path for an `organism://` URI."""
-    text = str(path)
-    if text.startswith("organism://"):
-        try:
-            from organism.paths import resolve as organism_resolve  # lazy: the organism is optional
-        except ImportError as err:
-            raise FileNotFoundError(f"{text}: the organism package (organism/paths.py) is not available") from err
-        return Path(organism_resolve(text))
-    return Path(text).expanduser()
+    """A local path as given (`~` expanded), or the organism's asset path for an `organism://` URI."""
+    return Path(resolve_uri(str(path))).expanduser()
 
 
 # Folders a make target writes (not in the repository): a missing path under one names the command.

@@ -4,7 +4,7 @@
 imports it first): before MLflow, vLLM or the HF hub are imported, because MLflow decides at `import mlflow`
 whether to start its telemetry client and the HF hub reads its switch at import. It only sets a variable
 the user has not set: `VLLM_NO_USAGE_STATS=0 python -m sweep.run ...` keeps vLLM's statistics on.
-The sweep also hands these values to its Ray workers and actors (`sweep/local_only.py`). `trainables`
+The sweep also hands these values to its Ray workers and actors (`sweep/ray_start.py`). `trainables`
 (which may not import `eval`) keeps a copy of the table; a test checks the two are the same.
 See docs/security.md.
 """

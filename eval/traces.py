@@ -1,6 +1,6 @@
 """The base model's reasoning traces on forget data, written as the trace cache of docs/formats.md.
 
-The sweep calls this once per sweep (DESIGN.md section 3, step 2); the trainer's unthink stream reads the
+The sweep calls this once per sweep (the driver's `start` phase); the trainer's unthink stream reads the
 file. Greedy, so the cache is a deterministic function of model, data, trigger, length and the prompt's form
 (the sweep keys its cache on those). Two forms of the generation prompt (`template`):
 - `chat` (default): the chat template around the body (where the tokenizer has one), then the trigger;

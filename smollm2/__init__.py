@@ -1,1 +1,2 @@
-"""SmolLM2-135M-Instruct and real eval data from PyPI packages: the real small model of DESIGN.md section 5."""
+"""SmolLM2-135M-Instruct and real eval data from PyPI packages: the project's real small model (docs/smollm2.md,
+docs/testbed.md)."""

@@ -62,7 +62,7 @@ def convert_model(out: Path) -> None:
         raise SystemExit(f"smollm2.prepare: loading a GGUF file needs `gguf` and `accelerate`. Install: {INSTALL}")
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
-    # save_pretrained refuses a "quantized" model; the tensors are already dequantised (STACK.md)
+    # save_pretrained refuses a "quantized" model; the tensors are already dequantised (above)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

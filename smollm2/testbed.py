@@ -59,7 +59,7 @@ class Settings:
     warmup: int = 20
     min_lr_ratio: float = 0.1
     seed: int = 0
-    bf16: bool = True  # autocast: 1.85x faster here (avx512_bf16); master weights stay float32
+    bf16: bool = True  # autocast: faster on CPUs with avx512_bf16 (docs/testbed.md); master weights stay float32
 
 
 def world_spec(sizes: dict[str, int]) -> dict[str, Any]:

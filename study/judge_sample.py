@@ -27,7 +27,7 @@ from typing import Any
 
 from common.prompts import LETTERS
 from eval.leakage import reasoning_part
-from sweep.report import eval_records
+from sweep.results.report import eval_records
 
 
 def read_items(path: str) -> dict[str, dict[str, Any]]:

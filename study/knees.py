@@ -13,7 +13,7 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from sweep.compare import parse_methods
+from sweep.results.compare import parse_methods
 
 METRICS = ["trace_leak/trained", "trace_leak/heldout", "forget_acc", "prefill_acc", "reason_acc", "retain_acc",
            "retain_trace_acc", "trace_coherence"]
@@ -30,7 +30,7 @@ def knee_metrics(client: MlflowClient, experiment: str) -> dict[str, float]:
         raise SystemExit(f"error: {experiment}: the sweep has no knee (no feasible front)")
     m = client.get_run(knee).data.metrics
     if "test/trace_leak" not in m:
-        raise SystemExit(f"error: {experiment}: knee {knee} has no test numbers (python -m sweep.final "
+        raise SystemExit(f"error: {experiment}: knee {knee} has no test numbers (python -m sweep.results.final "
                          f"--experiment {experiment} --runs {knee})")
     return {k: m[f"test/{k}"] for k in METRICS if f"test/{k}" in m}
 
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     client = MlflowClient("sqlite:///mlflow.db")
     try:
         methods = parse_methods(argv)
-    except ValueError as e:  # the same forms as sweep.compare --experiments
+    except ValueError as e:  # the same forms as sweep.results.compare --experiments
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("| method | seeds | " + " | ".join(METRICS) + " |")

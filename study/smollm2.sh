@@ -60,9 +60,9 @@ for name in $SWEEPS; do
   runs=$(untested "$name")
   if [ -n "$runs" ]; then  # the baseline's test numbers once (the first sweep's), then the knee's
     extra=(); [ $first = 1 ] || extra=(--no-baseline)
-    echo "== $name: python -m sweep.final --experiment $name --runs $runs ${extra[*]}  ($(date -u +%H:%M:%S))"
+    echo "== $name: python -m sweep.results.final --experiment $name --runs $runs ${extra[*]}  ($(date -u +%H:%M:%S))"
     # shellcheck disable=SC2086
-    "$PY" -m sweep.final --experiment "$name" --runs $runs "${extra[@]}"
+    "$PY" -m sweep.results.final --experiment "$name" --runs $runs "${extra[@]}"
   fi
   first=0
 done

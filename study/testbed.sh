@@ -20,7 +20,7 @@ declare -A SETS=(
   [r2mu]=""                                            # R²MU: unthink and CoT terms searched
 )
 GROUPS_=${STUDY_ONLY:-"rmu,r2mu"}
-# The attacks of testbed.yaml run on each sweep's knee afterwards (docs/testbed.md: sweep.final --attacks), not
+# The attacks of testbed.yaml run on each sweep's knee afterwards (docs/testbed.md: sweep.results.final --attacks), not
 # on every front trial inside the sweep: on the testbed they cost about three test-split evaluations a model
 EXTRA=(--set "eval.attacks={}")
 

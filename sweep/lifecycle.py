@@ -32,10 +32,10 @@ from typing import Any
 
 from ray import tune
 
+from eval.paths import resolve_uri
 from sweep import screening, tracking
-from sweep.checks import resolve_uri
-from sweep.config import SweepConfig, storage_uri
 from sweep.engine_pool import EnginePool, train_worker_gpus
+from sweep.space.config import SweepConfig, storage_uri
 from sweep.traces import prefix_cache_dir
 from trainables.checkpoint import Trained
 from trainables.config import Hyperparams, TrackingTarget, TrialSpec
@@ -70,7 +70,7 @@ class TrialOutcome:
 
 def run_trial(params: dict, ctx: SweepContext) -> None:
     """One Tune trial: open its MLflow run, train, evaluate, record, report once."""
-    from sweep.config import parse_space
+    from sweep.space.config import parse_space
 
     cfg = parse_space(ctx.cfg)
     uri, trial_id = cfg.mlflow.tracking_uri, tune.get_context().get_trial_id()
@@ -208,7 +208,7 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
 
 def full_trials(cfg: SweepConfig, ctx: SweepContext) -> list:
     """The sweep's trials as MLflow has them now (the ones still running have no metrics yet)."""
-    from sweep.pareto import read_sweep
+    from sweep.results.pareto import read_sweep
 
     return read_sweep(cfg.mlflow.tracking_uri, cfg.experiment, ctx.parent_run_id)[1]
 

@@ -1,9 +1,9 @@
 """Which MLflow store a command talks to, decided as MLflow's own tools decide it; reading never creates one.
 
-Every command with `--tracking-uri` (sweep.pareto, sweep.export, sweep.compare, sweep.final, sweep.report) takes
-the flag, then `$MLFLOW_TRACKING_URI`, then `sqlite:///mlflow.db` (in the current directory). `sweep.run` takes the
-space file's `mlflow.tracking_uri`; where that is the default (written or left out), `$MLFLOW_TRACKING_URI`
-replaces it (`space_uri`), and `--set mlflow.tracking_uri=...` replaces both.
+Every command with `--tracking-uri` (the readers of a finished sweep in sweep/results/) takes the flag, then
+`$MLFLOW_TRACKING_URI`, then `sqlite:///mlflow.db` (in the current directory). `sweep.run` takes the space file's
+`mlflow.tracking_uri`; where that is the default (written or left out), `$MLFLOW_TRACKING_URI` replaces it
+(`space_uri`), and `--set mlflow.tracking_uri=...` replaces both.
 
 Commands that read a sweep check the store exists first (`existing_store`): MLflow opening a missing SQLite
 file creates an empty ~1 MB database (and its folder) before it can say that the experiment is not there.

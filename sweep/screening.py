@@ -13,7 +13,7 @@ it is out of the running:
 Both tests give the screened trial the benefit of the doubt, so a trial that might be on the front is not
 dropped except by the chance the confidence allows. A screened-out trial reports its screening values to
 Optuna and is logged with `status=screened`, `eval_stage=screen`; the front is made of fully evaluated trials
-only (`sweep.pareto.feasible` needs `status=ok`). A metric without an interval counts as exact.
+only (`sweep.results.pareto.feasible` needs `status=ok`). A metric without an interval counts as exact.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from sweep.config import Constraint
-from sweep.pareto import Point, _value, dominates, feasible
+from sweep.results.pareto import Point, _value, dominates, feasible
+from sweep.space.config import Constraint
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep.checks import resolve_uri
-from sweep.config import SweepConfig, local_storage
+from eval.paths import resolve_uri
+from sweep.space.config import SweepConfig, local_storage
 
 
 def _file_digest(path: str) -> str:

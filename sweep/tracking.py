@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from sweep.config import ConfigError, SweepConfig
+from sweep.space.config import ConfigError, SweepConfig
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
@@ -130,8 +130,8 @@ def logged_config(tracking_uri: str, run_id: str) -> Any:
     existed is read with that field's old behaviour (`study_store.with_logged_storage`)."""
     import mlflow
 
-    from sweep.config import parse_space
-    from sweep.study_store import with_logged_storage
+    from sweep.space.config import parse_space
+    from sweep.space.study_store import with_logged_storage
 
     mlflow.set_tracking_uri(tracking_uri)
     raw = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/config.json"))

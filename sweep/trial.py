@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep.config import ConfigError, absolute_paths, load_space
-from sweep.overrides import FlagError
+from sweep.space.config import ConfigError, absolute_paths, load_space
+from sweep.space.overrides import FlagError
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     """`NAME=VALUE` -> {name: number}, each checked against the hyperparameter's type and bound."""
-    from sweep.config import SpaceError, parse_param
+    from sweep.space.config import SpaceError, parse_param
 
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", metavar="FILE", help="write the per-item eval records (jsonl)")
     args = ap.parse_args(argv)
     try:
-        from sweep.checks import check_model, with_make_hints
-        from sweep.config import parse_space
+        from sweep.space.checks import check_model, with_make_hints
+        from sweep.space.config import parse_space
 
         values = parse_sets(args.set)  # the flags first: a typo is reported before the model is opened
         cfg = absolute_paths(load_space(args.space))

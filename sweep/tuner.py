@@ -1,4 +1,4 @@
-"""Ray Tune + Optuna: the search's wiring (DESIGN.md section 3).
+"""Ray Tune + Optuna: the search's wiring (the driver's `search` phase, sweep/driver.py).
 
 Optuna proposes the next point (several objectives; constraint violations are told to its sampler as
 infeasible); Tune runs each as a trial (`sweep/lifecycle.py: run_trial`: train, evaluate, record) and this
@@ -15,12 +15,12 @@ from typing import Any
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep import study_store
-from sweep.config import Constraint, Param, SweepConfig
 from sweep.lifecycle import objective_check
-from sweep.pareto import Point, pareto_front
+from sweep.results.pareto import Point, pareto_front
+from sweep.space import stores, study_store
+from sweep.space.config import Constraint, Param, SweepConfig
 
-# Worker environment: one thread per process on CPU (STACK.md: 2 threads are ~8x slower here), fast
+# Worker environment: one thread per process on CPU (oversubscribed torch threads slow every trial), fast
 # Train V2 controller shutdown, no tokenizer thread pools.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
               "PYTHONWARNINGS": "ignore::DeprecationWarning"}
@@ -103,7 +103,7 @@ def make_searcher(cfg: SweepConfig, study_name: str, storage_url: str | None, ba
 def optuna_storage(cfg: SweepConfig) -> str | None:
     """The study's RDB URL (`search.storage`; default optuna.db beside a SQLite MLflow store), None for `memory`:
     browse it with `optuna-dashboard URL`."""
-    return study_store.optuna_storage(cfg)
+    return stores.optuna_storage(cfg)
 
 
 def fail_orphans(storage_url: str | None, study_name: str) -> int:
@@ -163,7 +163,7 @@ class Progress(tune.Callback):
         self.loaded = True
         from mlflow.tracking import MlflowClient
 
-        from sweep.pareto import read_sweep
+        from sweep.results.pareto import read_sweep
 
         uri = self.cfg.mlflow.tracking_uri
         parent, points, _ = read_sweep(uri, self.cfg.experiment, self.parent_run_id)
@@ -232,4 +232,4 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # must be in the driver's env (STACK.md)
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # Tune reads it from the driver's env

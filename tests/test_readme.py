@@ -1,6 +1,6 @@
-"""README.md's commands and its space-file excerpt, run so they cannot rot: every `python -m MODULE` it names
-answers `--help` and knows each flag README gives it, the dry run it shows passes, and the YAML excerpt is a
-valid space file."""
+"""README.md's commands and its space-file excerpt, run so they cannot rot: every `python -m MODULE` and
+`r2mu-sweep COMMAND` it names answers `--help` and knows each flag README gives it, the dry run it shows passes,
+and the YAML excerpt is a valid space file."""
 import re
 import subprocess
 import sys
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep.config import parse_space
+from sweep.cli import COMMANDS
+from sweep.space.config import parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -20,8 +21,10 @@ def _blocks(lang: str) -> list[str]:
 
 
 def _commands() -> list[str]:
-    """Every `python -m ...` line of README's bash blocks, comments cut."""
+    """Every `python -m ...` and `r2mu-sweep ...` line of README's bash blocks, comments cut, as `python -m`."""
     lines = [ln.split("#")[0].strip() for block in _blocks("bash") for ln in block.splitlines()]
+    lines = [f"python -m {COMMANDS[ln.split()[1]][0]} {ln.split(maxsplit=2)[2]}" if ln.startswith("r2mu-sweep ")
+             else ln for ln in lines]
     return [ln for ln in lines if ln.startswith("python -m ")]
 
 
@@ -36,7 +39,8 @@ def test_readme_has_the_two_setup_commands():
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
 
 
-MODULES = sorted({cmd.split()[2] for cmd in _commands()} | set(re.findall(r"python -m (sweep\.\w+)", README)))
+MODULES = sorted({cmd.split()[2] for cmd in _commands()} | set(re.findall(r"python -m ([\w.]*\w)", README))
+                 | {COMMANDS[name][0] for name in re.findall(r"r2mu-sweep (\w+)", README) if name in COMMANDS})
 
 
 @pytest.mark.parametrize("module", MODULES)

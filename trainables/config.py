@@ -1,6 +1,6 @@
 """The trainer's part of the space file, as validated pydantic models.
 
-`sweep.config.SweepConfig` composes these sections, so the one object that the YAML becomes is what the
+`sweep.space.config.SweepConfig` composes these sections, so the one object that the YAML becomes is what the
 trainer receives (`TrialSpec` bundles it with one trial's resolved hyperparameters). No Ray, DeepSpeed or
 MLflow import here.
 """

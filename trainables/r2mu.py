@@ -9,8 +9,8 @@ frozen base weights, u ~ U[0,1)^d normalised, c the steering coefficient. MSE av
 (`Batch.loss_mask`) and hidden dims. The WMDP reference code (`F.mse_loss` on padded batches) averages over
 padding too; we do not, so a term does not depend on how much padding its batch happens to carry.
 
-How a step is computed (DESIGN.md, "How the step is computed, fast"): nothing above layer l matters and
-nothing below the first updated layer changes, so
+How a step is computed, fast (bench/RESULTS.md measures it against the two-model reference): nothing above
+layer l matters and nothing below the first updated layer changes, so
   1. prefix: embeddings + layers 0..first-1 run once per batch under no_grad, shared by both views;
   2. frozen view (retain, cot): layers first..l with the ORIGINAL values of the updated tensors passed in
      by `functional_call` (no second model copy), no_grad;

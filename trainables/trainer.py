@@ -194,7 +194,7 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
 
 
 def _threads(spec: TrialSpec) -> None:
-    if not spec.train.use_gpu:  # oversubscribed CPU threads are ~8x slower here (STACK.md)
+    if not spec.train.use_gpu:  # oversubscribed CPU threads slow every trial down
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", max(1, int(spec.train.cpus_per_worker)))))
 
 

@@ -42,7 +42,7 @@ def load_yaml(rel: str) -> Any:
 
 
 def r2mu_space():
-    from sweep.config import load_space
+    from sweep.space.config import load_space
 
     return load_space(ROOT / "search_spaces/r2mu.yaml")
 
@@ -331,7 +331,7 @@ def test_rayjob_entrypoint_is_a_command_our_cli_accepts(rayjob):
     workdir = re.search(r"^WORKDIR (\S+)", dockerfile, re.M).group(1)
     assert args.space.startswith(workdir + "/")
     local = ROOT / args.space.removeprefix(workdir + "/")
-    from sweep.config import load_space
+    from sweep.space.config import load_space
 
     cfg = apply_overrides(load_space(local), args)  # the space file and the overrides validate as on the head
     assert cfg.ray.address == "auto" and cfg.ray.storage_path.startswith("s3://")
@@ -516,7 +516,8 @@ def test_local_cluster_script_starts_two_real_nodes_and_stops_all_it_started():
         started = sessions_members(recorded_leaders(d)) | marked(d)
         assert len(recorded_leaders(d)) == 3 and len(started) > 3  # head, worker, mlflow and their children
         # every node is on this machine, so every process of the cluster listens on loopback only (docs/security.md)
-        from sweep.local_only import is_loopback, listening
+        from sweep.local_only import listening
+        from sweep.ray_start import is_loopback
 
         socks = listening(sorted(started))
         assert sum(len(s) for _, s in socks.values()) >= 6, socks  # GCS, 2 raylets x 2, agents, client, mlflow

@@ -1,5 +1,5 @@
 """A trained delta of the model organism, logged as a one-trial sweep in a fresh MLflow store: what
-`sweep.export` reads, without Ray or Tune.
+`sweep.results.export` reads, without Ray or Tune.
 
 `python -m tests.sweep.organism_delta DIR` prints {"tracking_uri", "experiment", "run_id"} as JSON. Run as a
 child process: the trainer opens a one-process gloo group and sets torch's threads, which must not leak into
@@ -22,10 +22,10 @@ def build(root: Path) -> dict[str, str]:
     import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from eval.paths import resolve_uri
     from sweep import tracking
-    from sweep.checks import resolve_uri
-    from sweep.config import parse_space
     from sweep.lifecycle import summarize_train, trial_spec
+    from sweep.space.config import parse_space
     from trainables import checkpoint
     from trainables.config import Hyperparams
     from trainables.data import read_rows

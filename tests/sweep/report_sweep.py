@@ -1,5 +1,5 @@
 """A small finished sweep of the model organism in a fresh MLflow SQLite store, logged without Ray or a model:
-what `sweep.report` reads.
+what `sweep.results.report` reads.
 
 The sweep's own code writes it: `tracking.ensure_experiment` / `start_parent` (space.yaml, config.json),
 `tracking.log_result` for the baseline and each trial (params, metrics with their 95% intervals, the `loss/*`
@@ -110,8 +110,8 @@ def build(root: Path) -> dict[str, Any]:
     """The store under `root`; returns its URI, the experiment, the parent run id and the trials' run ids."""
     from eval.run import load_sets
     from sweep import tracking
-    from sweep.config import parse_space
-    from sweep.pareto import update_front
+    from sweep.results.pareto import update_front
+    from sweep.space.config import parse_space
 
     raw = yaml.safe_load((ROOT / "search_spaces" / "organism.yaml").read_text())
     raw["name"] = EXPERIMENT

@@ -1,4 +1,4 @@
-"""The dry run refuses a space whose eval questions occur in one of its training streams (sweep/checks.py)."""
+"""The dry run refuses a space whose eval questions occur in one of its training streams (sweep/space/checks.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import yaml
 
 from organism.data import read_jsonl
 from organism.paths import resolve
-from sweep.checks import QuestionIndex, _Question, check_overlap, normalise
-from sweep.config import ConfigError, absolute_paths, load_space, parse_space
 from sweep.run import main
+from sweep.space.checks import QuestionIndex, _Question, check_overlap, normalise
+from sweep.space.config import ConfigError, absolute_paths, load_space, parse_space
 from tests.sweep.conftest import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep import compare, export, pareto
+from sweep.results import compare, export, pareto
 from tests.sweep.conftest import space_dict
 from tests.sweep.test_compare import log_sweep
 
@@ -97,7 +97,7 @@ def test_pareto_and_compare_read_the_store_of_the_environment(stores, monkeypatc
 
 def test_reading_commands_create_no_store(tmp_path, monkeypatch, capsys):
     """Run from the wrong folder, they say where they looked, in one line, and leave the folder as it was."""
-    rc, out, err = cli("sweep.pareto", "--experiment", "organism", cwd=tmp_path)
+    rc, out, err = cli("sweep.results.pareto", "--experiment", "organism", cwd=tmp_path)
     assert rc == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("error: no MLflow store at sqlite:///mlflow.db (the default; ") and "--tracking-uri" in err
     assert "MLFLOW_TRACKING_URI" in err
@@ -128,8 +128,8 @@ def test_trial_set_error_is_one_line(tmp_path):
 
 
 # every CLI of the project: each flag has help text
-CLI_MODULES = ["sweep.run", "sweep.trial", "sweep.pareto", "sweep.export", "sweep.compare", "sweep.final",
-               "sweep.samples", "sweep.report", "eval.run",
+CLI_MODULES = ["sweep.run", "sweep.trial", "sweep.results.pareto", "sweep.results.export", "sweep.results.compare",
+               "sweep.results.final", "sweep.results.samples", "sweep.results.report", "eval.run",
                "smollm2.prepare", "smollm2.testbed", "sweep.local_only", "organism.build", "organism.check_vllm",
                "trainables.prefix_cache", "trainables.make_traces"]
 

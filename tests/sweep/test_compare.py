@@ -7,8 +7,8 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep.compare import compare, costs, coverage, hypervolume, main
-from sweep.pareto import Point
+from sweep.results.compare import compare, costs, coverage, hypervolume, main
+from sweep.results.pareto import Point
 
 OBJ = {"trace_leak": "min", "reason_acc": "max"}
 
@@ -194,6 +194,6 @@ def test_split_test_scores_each_front_as_chosen_by_its_test_numbers(tmp_path, sp
     # a front trial without test numbers: the command that adds them; --at has nothing to read on test
     log_sweep(client, "c", [(0.2, 0.9)], space)
     assert main(["--experiments", "a", "c", "--split", "test", "--tracking-uri", uri]) == 2
-    assert "python -m sweep.final --experiment c --runs" in capsys.readouterr().err
+    assert "python -m sweep.results.final --experiment c --runs" in capsys.readouterr().err
     assert main(["--experiments", "a", "b", "--split", "test", "--at", "2", "--tracking-uri", uri]) == 2
     assert "--at reads the selection split" in capsys.readouterr().err

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep.config import ConfigError, Constraint, load_space, parse_space
 from sweep.run import main
+from sweep.space.config import ConfigError, Constraint, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,7 +141,7 @@ def test_hyperparams_resolve_fixed_and_searched(space):
 def test_skip_first_position_flows_from_the_space_file_to_the_trainer(space, write_space, tmp_path):
     """Off by default; on from the file or from --set, it reaches the TrialSpec that Ray Train receives."""
     from sweep.lifecycle import trial_spec
-    from sweep.overrides import load_with_overrides
+    from sweep.space.overrides import load_with_overrides
     from trainables.config import TrialSpec
 
     assert parse_space(space).data.skip_first_position is False
@@ -247,7 +247,7 @@ def test_r2mu_space_dry_runs_on_a_local_model_of_the_same_architecture(tmp_path,
 
 
 def test_remote_storage_stays_a_uri_and_caches_stay_on_the_node(space, write_space, tmp_path, monkeypatch):
-    from sweep.config import storage_uri
+    from sweep.space.config import storage_uri
     from sweep.traces import cache_dir, prefix_cache_dir
 
     local = load_space(write_space(space))

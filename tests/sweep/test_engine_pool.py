@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sweep.config import ConfigError, parse_space
+from eval.paths import resolve_uri
 from sweep.engine_pool import ENGINE_SHARE, Balancer, EnginePool, engine_count, engine_gpus, train_worker_gpus
-from sweep.run import resolve_uri
+from sweep.space.config import ConfigError, parse_space
 from tests.sweep.test_cluster import free_port
 from tests.sweep.test_sweep_e2e import ROOT, small_space
 

@@ -32,8 +32,8 @@ QUESTIONS = ["Which toxin does Shailix produce?\nA. quenvale\nB. sidorin\nC. hal
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Iterator[dict]:
-    """Train and log a trial (child process), then `sweep.export --register` it here, with no network."""
-    from sweep.export import main
+    """Train and log a trial (child process), then `sweep.results.export --register` it here, with no network."""
+    from sweep.results.export import main
 
     saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
     root = tmp_path_factory.mktemp("export")

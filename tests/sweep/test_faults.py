@@ -17,7 +17,7 @@ import psutil
 import pytest
 import yaml
 
-from sweep.run import root_cause
+from sweep.engine_pool import root_cause
 from tests.sweep.test_sweep_e2e import clean_env, run, runs_of, small_space
 
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from organism.paths import URIS
-from sweep.config import ConfigError
+from sweep.space.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = URIS["organism://base"]
@@ -232,7 +232,7 @@ def meta_model(d: Path) -> torch.nn.Module:
 
 
 def test_sharded_and_bin_checkpoints(tmp_path):
-    from sweep.file_checks import check_weights
+    from sweep.space.file_checks import check_weights
     from tests.tiny import tiny_model
 
     model = tiny_model("llama")
@@ -258,7 +258,7 @@ def test_sharded_and_bin_checkpoints(tmp_path):
 
 
 def test_storage_check_creates_nothing(tmp_path):
-    from sweep.file_checks import unusable_dir
+    from sweep.space.stores import unusable_dir
 
     assert unusable_dir(tmp_path / "a" / "b") is None and not (tmp_path / "a").exists()
     (tmp_path / "f").write_text("x")

@@ -1,6 +1,6 @@
 """Nothing leaves the machine (docs/security.md): the sweep's local Ray listens on loopback only, usage
 statistics are off in the driver and in Ray's workers unless the user turned them on, and `ray.shutdown()`
-leaves no process behind. Real Ray, no mocks: `init_ray` of sweep/run.py in a fresh driver process."""
+leaves no process behind. Real Ray, no mocks: `init_ray` of sweep/ray_start.py in a fresh driver process."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 import trainables
 from eval.telemetry import TELEMETRY_OFF, telemetry_off
-from sweep.local_only import CLUSTER_SWITCH, LOCAL_ENV, is_loopback, loopback_ray, ray_env
+from sweep.ray_start import CLUSTER_SWITCH, LOCAL_ENV, is_loopback, loopback_ray, ray_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,8 +35,8 @@ import json, os, sys, time
 import psutil
 
 import sweep.run  # importing the sweep package sets the telemetry switches, before MLflow, Ray or vLLM
-from sweep.config import load_space
-from sweep.run import init_ray
+from sweep.space.config import load_space
+from sweep.ray_start import init_ray
 
 KEYS = sys.argv[2].split(",")
 me = psutil.Process()

@@ -5,8 +5,17 @@ from __future__ import annotations
 import itertools
 import random
 
-from sweep.config import Constraint
-from sweep.pareto import Point, dominates, format_table, indistinguishable, knee, knee_line, pareto_front, plot_front
+from sweep.results.pareto import (
+    Point,
+    dominates,
+    format_table,
+    indistinguishable,
+    knee,
+    knee_line,
+    pareto_front,
+    plot_front,
+)
+from sweep.space.config import Constraint
 
 OBJ = {"trace_leak": "min", "reason_acc": "max"}
 
@@ -101,7 +110,7 @@ def test_loss_changes_and_objective_check():
 
 
 def test_table_prints_full_trial_names():
-    """Names are not cut (the run id beside each is what `sweep.export --run` and `sweep.final --runs` take)."""
+    """Names are not cut (the run id beside each is what `export --run` and `final --runs` take)."""
     long = pt(3, 0.2, 0.8)
     long.name = "trial-0123456789abcdef-with-a-long-tail"
     table = format_table([pt(1, 0.05, 0.9), long], [long], OBJ, ["layer"], {"trace_leak": 0.9, "reason_acc": 0.9})

@@ -1,4 +1,4 @@
-"""The sweep report (`python -m sweep.report`) on a real MLflow SQLite store holding a small organism sweep
+"""The sweep report (`python -m sweep.results.report`) on a real MLflow SQLite store holding a small organism sweep
 (tests/sweep/report_sweep.py), read by html.parser and rendered by a real headless Chromium; and the tags that
 set up MLflow's UI for a sweep's experiment."""
 
@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep import mlflow_ui, report
-from sweep.report import Question, natural_key, pick_pairs, question_of
-from sweep.report_html import answer_spans, trace_html
+from sweep import mlflow_ui
+from sweep.results import report
+from sweep.results.report import Question, natural_key, pick_pairs, question_of
+from sweep.results.report_html import answer_spans, trace_html
 from tests.sweep import report_sweep
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -242,7 +243,7 @@ def test_the_experiment_opens_in_the_classic_runs_view(sweep):
 
 
 def test_an_existing_experiment_gets_the_view_and_keeps_a_chosen_kind(space):
-    from sweep.config import parse_space
+    from sweep.space.config import parse_space
     from sweep.tracking import ensure_experiment
 
     cfg = parse_space(space)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from eval.generate import vllm_available
-from sweep.config import Constraint
-from sweep.pareto import Point
+from sweep.results.pareto import Point
 from sweep.screening import fully_evaluated, screen
+from sweep.space.config import Constraint
 from tests.sweep.test_sweep_e2e import run, runs_of, small_space
 
 OBJ = {"trace_leak": "min", "reason_acc": "max"}

@@ -18,9 +18,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sweep.config import ConfigError, absolute_paths, parse_space
 from sweep.run import main
-from sweep.study_store import check_optuna_storage, describe_study_store, optuna_storage, with_logged_storage
+from sweep.space.config import ConfigError, absolute_paths, parse_space
+from sweep.space.stores import check_optuna_storage, describe_study_store, optuna_storage
+from sweep.space.study_store import with_logged_storage
 from sweep.tuner import fail_orphans, make_searcher, study_summary
 
 
@@ -99,7 +100,7 @@ def test_an_mlflow_server_without_a_study_store_is_refused_with_the_fix(space, t
 
 
 def test_a_config_logged_before_the_field_existed_still_parses(space):
-    """Past server-backed sweeps kept the study in memory: sweep.pareto/export/final read their config.json."""
+    """Past server-backed sweeps kept the study in memory: sweep.results.pareto/export/final read their config.json."""
     space["mlflow"] = {"tracking_uri": "http://mlflow.internal:5000"}
     assert "storage" not in space["search"]
     assert parse_space(with_logged_storage(space)).search.storage == "memory"

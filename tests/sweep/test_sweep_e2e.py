@@ -20,8 +20,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from eval.generate import vllm_available
-from sweep.config import load_space
-from sweep.pareto import Point, dominates, feasible
+from sweep.results.pareto import Point, dominates, feasible
+from sweep.space.config import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -168,38 +168,38 @@ def test_baseline_and_front_are_evaluated_once_on_the_test_split(sweep):
     for r in runs:
         if r.data.tags.get("role") in ("trial", "baseline"):
             assert r.data.metrics["attack/zerothink/trace_leak_n"] == 8, r.data.tags
-    # any trial a user names: `sweep.final` evaluates it on the test split too (here one off the front, if any)
+    # any trial a user names: `sweep.results.final` evaluates it on the test split too (here one off the front, if any)
     others = [r for r in runs if r.data.tags.get("role") == "trial" and r.info.run_id not in
               {t.info.run_id for t in tested}]
     pick = (others or front)[0].info.run_id
-    p = run("sweep.final", "--experiment", "e2e", "--runs", pick, "--force", "--no-baseline",
+    p = run("sweep.results.final", "--experiment", "e2e", "--runs", pick, "--force", "--no-baseline",
             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
     assert p.returncode == 0, p.stderr[-2000:]
     client, runs = runs_of(tmp, "e2e")
     picked = next(r for r in runs if r.info.run_id == pick).data.metrics
     assert picked["test/trace_leak_n"] == 16 and "test/trace_coherence" in picked
     assert len(client.get_metric_history(baseline.info.run_id, "test/trace_leak")) == 1  # --no-baseline
-    p = run("sweep.final", "--experiment", "e2e", "--runs", "nosuchrun",
+    p = run("sweep.results.final", "--experiment", "e2e", "--runs", "nosuchrun",
             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
     assert p.returncode == 2 and "nosuchrun" in p.stderr
 
 
 def test_samples_prints_the_lowest_test_ids_before_and_after(sweep):
-    """`sweep.samples`: the knee's traces and the base model's on the test split's lowest forget ids."""
+    """`sweep.results.samples`: the knee's traces and the base model's on the test split's lowest forget ids."""
     tmp, _, _ = sweep
-    p = run("sweep.samples", "--experiment", "e2e", "--n", "2", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
+    p = run("sweep.results.samples", "--experiment", "e2e", "--n", "2", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
             cwd=tmp)
     assert p.returncode == 0, p.stderr[-2000:]
     client, runs = runs_of(tmp, "e2e")
     parent = next(r for r in runs if r.data.tags["role"] == "sweep")
     knee = next(r for r in runs if r.info.run_id == parent.data.tags["knee_run_id"])
-    from sweep.samples import by_item, load_records
+    from sweep.results.samples import by_item, load_records
     ids = sorted(by_item(load_records(f"sqlite:///{tmp}/mlflow.db", knee.info.run_id)))
     assert len(ids) == 16  # the test split's forget items, one record each
     shown = re.findall(r"^\*\*(\S+)\*\*:", p.stdout, re.M)
     assert shown == ids[:2], (shown, ids[:2])
     assert p.stdout.count("| base |") == 2 and p.stdout.count(f"| {knee.info.run_name} |") == 2
-    p = run("sweep.samples", "--experiment", "e2e", "--runs", "nosuchrun", "--tracking-uri",
+    p = run("sweep.results.samples", "--experiment", "e2e", "--runs", "nosuchrun", "--tracking-uri",
             f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
     assert p.returncode == 2 and "nosuchrun" in p.stderr
 
@@ -228,7 +228,7 @@ def test_export_knee_and_trial_reproduce_the_metrics(sweep):
     parent = next(r for r in runs if r.data.tags["role"] == "sweep")
     knee_id = client.get_run(parent.info.run_id).data.tags["knee_run_id"]
     knee = client.get_run(knee_id)
-    p = run("sweep.export", "--experiment", "e2e", "--pick", "knee", "--out", str(tmp / "exported"),
+    p = run("sweep.results.export", "--experiment", "e2e", "--pick", "knee", "--out", str(tmp / "exported"),
             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
     assert p.returncode == 0, p.stderr[-2000:]
     card = (tmp / "exported" / "README.md").read_text()  # the card reports the knee's test-split numbers
@@ -241,7 +241,7 @@ def test_export_knee_and_trial_reproduce_the_metrics(sweep):
     for m in ("trace_leak", "forget_acc", "reason_acc", "retain_acc"):
         assert exported[m] == pytest.approx(knee.data.metrics[m], abs=1e-9), m
     # refusing to overwrite
-    p = run("sweep.export", "--experiment", "e2e", "--out", str(tmp / "exported"),
+    p = run("sweep.results.export", "--experiment", "e2e", "--out", str(tmp / "exported"),
             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", cwd=tmp)
     assert p.returncode == 2 and "--force" in p.stderr
     # one trial by hand at the knee's values gives the same metrics

@@ -6,8 +6,8 @@ import pytest
 
 from eval.generate import load_backend
 from eval.traces import write_trace_cache
-from sweep.config import ConfigError, parse_space
 from sweep.evaluator import Evaluator
+from sweep.space.config import ConfigError, parse_space
 from sweep.traces import ensure_traces
 from tests.sweep.conftest import write_jsonl
 
@@ -39,7 +39,7 @@ def test_chunked_traces_equal_one_batch(tmp_path, space, capsys):
 def test_cache_key_changes_with_the_form_and_keeps_the_default(space, tmp_path):
     import hashlib
 
-    from sweep.checks import resolve_uri
+    from eval.paths import resolve_uri
     from sweep.traces import _file_digest, model_digest, traces_key
 
     base = parse_space(space)

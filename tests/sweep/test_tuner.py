@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sweep.config import parse_space
 from sweep.lifecycle import worst_value
+from sweep.space.config import parse_space
 from sweep.tuner import ConstraintValues, make_searcher
 
 
@@ -35,7 +35,7 @@ def test_constraint_violation_reaches_optuna(space):
 
 
 def test_constraint_values_sign():
-    from sweep.config import Constraint
+    from sweep.space.config import Constraint
 
     cv = ConstraintValues({"a": Constraint.parse(">= 0.8"), "b": Constraint.parse("<= 0.1")}, None)
     assert cv({"a": 0.9, "b": 0.05}) == [pytest_approx(-0.1), pytest_approx(-0.05)]
@@ -53,7 +53,7 @@ def test_a_deleted_experiment_is_refused_with_the_uri(space, tmp_path):
     import pytest
     from mlflow.tracking import MlflowClient
 
-    from sweep.config import ConfigError
+    from sweep.space.config import ConfigError
     from sweep.tracking import ensure_experiment
 
     cfg = parse_space(space)

@@ -1,9 +1,9 @@
 """A sweep report: one self-contained HTML page showing what a sweep did, also logged to its parent run.
 
-    python -m sweep.report --experiment NAME [--out report.html] [--tracking-uri URI] [--parent RUN_ID]
+    python -m sweep.results.report --experiment NAME [--out report.html] [--tracking-uri URI] [--parent RUN_ID]
         [--items K] [--no-log]
 
-The page (sweep/report_html.py draws it: inline CSS, plots as base64 PNG, no script, nothing fetched) holds
+The page (sweep/results/report_html.py draws it: inline CSS, plots as base64 PNG, no script, nothing fetched) holds
 - the Pareto plot, and the table of every trial: objectives with their 95% interval on the selection split,
   constraints, hyperparameters, run id; the front and the knee marked; the test-split table where the final
   evaluation ran;
@@ -27,64 +27,19 @@ import re
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sweep import mlflow_store
-from sweep.config import ConfigError, Constraint
-from sweep.pareto import Point, feasible, knee, pareto_front, read_sweep
+from sweep.results.pareto import feasible, knee, pareto_front, read_sweep
+from sweep.results.report_html import Pair, Question, SweepData, render
+from sweep.space.config import ConfigError
 
 RECORDS = "eval_records.json"  # the per-item table tracking.log_result logs to each evaluated run
 ARTIFACT = "report.html"       # the name the report has on the parent run
 # (trace metric, its verdict field, the MCQ metrics whose records carry the item's answer and question)
 FORGET_TRACES = ("trace_leak", "leak", ("forget_acc", "forget_acc_letter", "prefill_acc"))
 RETAIN_TRACES = ("retain_trace_acc", "states_answer", ("retain_acc",))
-
-
-@dataclass
-class Question:
-    """One MCQ as the report shows it, rebuilt from the records (the eval files may not be on this machine)."""
-
-    set: str
-    id: str
-    question: str
-    choices: list[str]
-    answer: int | None  # the correct option's index; None when no MCQ record of the item was logged
-
-
-@dataclass
-class Pair:
-    """The baseline's and the knee's trace record on one question."""
-
-    question: Question
-    base: dict[str, Any]
-    knee: dict[str, Any]
-
-    def differs(self, flag: str) -> bool:
-        return self.base.get(flag) != self.knee.get(flag)
-
-
-@dataclass
-class SweepData:
-    """Everything the page shows, read from MLflow."""
-
-    experiment: str
-    experiment_id: str
-    parent_id: str
-    parent_name: str
-    started_ms: int
-    objectives: dict[str, str]
-    constraints: dict[str, Constraint]
-    params: list[str]
-    points: list[Point]
-    front: list[Point]
-    knee: Point | None
-    baseline: dict[str, float] | None
-    infeasible: set[str]
-    curves: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # run -> term -> points
-    forget_pairs: list[Pair] = field(default_factory=list)
-    retain_pairs: list[Pair] = field(default_factory=list)
 
 
 def natural_key(text: str) -> tuple:
@@ -183,7 +138,7 @@ def read_data(tracking_uri: str, experiment: str, parent_run_id: str | None = No
     logged config.json), the front, the knee, the front's loss curves and the traces to compare."""
     from mlflow.tracking import MlflowClient
 
-    from sweep.pareto import baseline_run_id
+    from sweep.results.pareto import baseline_run_id
     from sweep.tracking import logged_config
 
     client = MlflowClient(tracking_uri)
@@ -219,7 +174,7 @@ def log_report(tracking_uri: str, parent_run_id: str, page: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sweep.report", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sweep.results.report", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its space file's name)")
     mlflow_store.add_flag(ap)
     ap.add_argument("--parent", metavar="RUN_ID", help="a sweep's parent run id (default: the latest sweep)")
@@ -233,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --items: {args.items} is negative; give e.g. --items 5", file=sys.stderr)
         return 2
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line of output, not bars
-    from sweep.report_html import render
 
     try:
         uri = mlflow_store.existing_store(args.tracking_uri)

@@ -2,7 +2,7 @@
 
 The trainer's and the evaluation's sections are their own pydantic models (`trainables.config`, `eval.config`),
 composed here with the search, MLflow and Ray sections: one object flows from the YAML to every component. Errors
-name the field path, what was wrong and what is accepted. Only the file is read (`sweep.checks` checks the world).
+name the field path, what was wrong and what is accepted. Only the file is read (`sweep.space.checks` checks the world).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from common.config import Strict
 from eval.config import ATTACK_KINDS, METRICS, TEXT_ATTACKS, EvalConfig, attack_metrics
-from sweep.params import Param, SpaceError, parse_param
-from sweep.study_store import absolute_sqlite, storage_problem
+from sweep.space.params import Param, SpaceError, parse_param
+from sweep.space.study_store import absolute_sqlite, storage_problem
 from trainables.config import DataConfig, Hyperparams, ModelConfig, TrainConfig
 
 
@@ -88,7 +88,7 @@ class SearchConfig(Strict):
     max_concurrent: int = Field(1, ge=1)
     seed: int | None = Field(None, description="sampler seed; default train.seed")
     max_failures: int = Field(1, ge=0, description="Tune retries of a crashed trial")
-    storage: str | None = Field(None, description="the Optuna study's RDB URL or 'memory' (sweep/study_store.py)")
+    storage: str | None = Field(None, description="the Optuna study's RDB URL or 'memory' (sweep/space/study_store.py)")
     objectives: dict[str, Literal["min", "max"]]
     constraints: dict[str, Constraint] = {}
     space: dict[str, Param]

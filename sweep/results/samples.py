@@ -1,11 +1,11 @@
 """Traces before and after unlearning, picked by a fixed rule rather than by hand.
 
-    python -m sweep.samples --experiment organism [--runs RUN_ID ...] [--n 3]
+    python -m sweep.results.samples --experiment organism [--runs RUN_ID ...] [--n 3]
 
 For the knee of the experiment's latest sweep (or the runs named): the forget-set items of the test split
 with the `n` lowest item ids, each with the base model's trace and the trial's, the judge's leak verdict and
 the trace's coherence (the base model's mean token probability of it). Read from `test_eval_records.json`,
-which the final evaluation logs on the baseline and on each run it evaluates (`sweep.final` for any other
+which the final evaluation logs on the baseline and on each run it evaluates (`sweep.results.final` for any other
 run). Markdown on stdout, for a study's appendix.
 """
 
@@ -83,7 +83,7 @@ def format_samples(base: dict[str, dict], trials: dict[str, dict[str, dict]], n:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sweep.samples", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sweep.results.samples", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its space file name)")
     ap.add_argument("--runs", nargs="+", metavar="RUN_ID", help="trial runs (default: the sweep's knee)")
     ap.add_argument("--n", type=int, default=3, help="how many forget items (the lowest ids of the test split)")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     mlflow_store.add_flag(ap)
     args = ap.parse_args(argv)
 
-    from sweep.pareto import baseline_run_id, read_sweep
+    from sweep.results.pareto import baseline_run_id, read_sweep
 
     try:
         if args.n < 1:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         base_id = baseline_run_id(uri, parent.info.run_id)
         if base_id is None:
             raise ValueError(f"the sweep {parent.info.run_id} has no baseline run")
-        final = f"python -m sweep.final --experiment {args.experiment} --runs {' '.join(runs)} --force"
+        final = f"python -m sweep.results.final --experiment {args.experiment} --runs {' '.join(runs)} --force"
         base = by_item(load_records(uri, base_id, f" (the baseline: {final} evaluates it with the trials)"))
         trials = {names[r]: by_item(load_records(uri, r, f" ({final})")) for r in runs}
     except ValueError as e:

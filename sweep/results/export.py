@@ -1,4 +1,4 @@
-"""`python -m sweep.export --experiment NAME --pick knee --out DIR`: a chosen trial as a plain HF model.
+"""`python -m sweep.results.export --experiment NAME --pick knee --out DIR`: a chosen trial as a plain HF model.
 
 Merges the trial's delta into the base weights and writes a standard Hugging Face directory (safetensors in
 the base dtype, config, tokenizer, generation config) with a README model card (hyperparameters, metrics,
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep import mlflow_store
-from sweep.pareto import Point, attack_rows, knee, pareto_front, plain_metric, read_sweep
+from sweep.results.pareto import Point, attack_rows, knee, pareto_front, plain_metric, read_sweep
 
 
 def pick_run(tracking_uri: str, experiment: str, pick: str, parent: str | None = None) -> tuple[Point, Any, dict]:
@@ -94,7 +94,7 @@ def export(tracking_uri: str, experiment: str, pick: str, out: str | Path, force
     import torch
     from transformers import AutoTokenizer
 
-    from sweep.checks import resolve_uri
+    from eval.paths import resolve_uri
     from trainables.delta import load_merged
 
     out = Path(out)
@@ -181,7 +181,7 @@ def register_model(tracking_uri: str, run_id: str, model_dir: Path, name: str, a
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sweep.export", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sweep.results.export", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its space file name)")
     ap.add_argument("--pick", default="knee", help="'knee' (the Pareto point closest to the ideal) or run:<id>")
     ap.add_argument("--run", help="a trial's MLflow run id (same as --pick run:<id>)")

@@ -1,4 +1,4 @@
-"""`python -m sweep.compare --experiments organism organism-rmu`: two or more sweeps' Pareto fronts side by side.
+"""`r2mu-sweep compare --experiments organism organism-rmu`: two or more sweeps' Pareto fronts side by side.
 
 The question a method comparison asks (R²MU against plain RMU, one sampler against another): whose front is
 better under the same objectives and constraints? A method is one sweep, or several sweeps that differ only
@@ -14,7 +14,7 @@ name is a method of one seed, named after its experiment). Printed:
     several seeds it is the MEAN of C over every pair (a seed of A, a seed of B), not C of pooled fronts: a
     pool of more seeds would dominate more just by being larger, and with one seed each it is plain C.
 With `--split test`, each front (chosen on the selection split, as the search saw it) is scored by its test-split
-numbers (`test/<objective>`, from the sweep's final evaluation or `sweep.final`): hypervolume, coverage and knee
+numbers (`test/<objective>`, from the sweep's final evaluation or `sweep.results.final`): hypervolume, coverage and knee
 on items that played no part in the choice. `--at` reads the selection split only (other trials have no test
 numbers).
 An overlay plot shows every front on each pair of objectives, one colour per method.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweep import mlflow_store
-from sweep.pareto import Point, _value, dominates, knee, pareto_front, read_sweep
+from sweep.results.pareto import Point, _value, dominates, knee, pareto_front, read_sweep
 
 EXPERIMENTS_FORMS = ("give plain experiment names (one seed each) or METHOD=EXP,EXP,... (one method, several "
                      "seeds), e.g. --experiments r2mu=organism-s0,organism-s1 rmu=organism-rmu-s0,organism-rmu-s1")
@@ -144,7 +144,7 @@ def on_test(front: Sequence[Point], objectives: Mapping[str, str], experiment: s
     missing = [p.name or p.run_id for p in front if any(f"test/{m}" not in p.metrics for m in objectives)]
     if missing:
         raise ValueError(f"--split test: {experiment}: front trial(s) {', '.join(missing)} have no test-split "
-                         f"numbers; python -m sweep.final --experiment {experiment} --runs "
+                         f"numbers; python -m sweep.results.final --experiment {experiment} --runs "
                          + " ".join(p.run_id for p in front if (p.name or p.run_id) in missing))
     return [Point(p.run_id, {m: p.metrics[f"test/{m}"] for m in objectives}, p.params, p.status, p.name, p.tags,
                   p.start_time) for p in front]
@@ -265,7 +265,7 @@ def _trial_count(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sweep.compare", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sweep.results.compare", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiments", nargs="+", required=True, metavar="EXP | METHOD=EXP,EXP,...",
                     help="MLflow experiments (space file names): a plain name is a method of one seed; "
                          "METHOD=EXP,EXP,... is one method whose seeds are those sweeps")
@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                          "test-split numbers (the front as chosen, on held-out items)")
     ap.add_argument("--plot", help="write the overlay plot here (PNG)")
     args = ap.parse_args(argv)
-    from sweep.config import ConfigError
-    from sweep.pareto import _sweep_config
+    from sweep.results.pareto import _sweep_config
+    from sweep.space.config import ConfigError
 
     try:
         methods = parse_methods(args.experiments)

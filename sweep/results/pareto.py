@@ -2,7 +2,7 @@
 
 Tune's `get_best_result` is single-metric; here a trial is on the front when it satisfies the constraints
 and no other feasible trial is at least as good on every objective and strictly better on one.
-`python -m sweep.pareto --experiment NAME` re-prints the table of the latest sweep at any time.
+`python -m sweep.results.pareto --experiment NAME` re-prints the table of the latest sweep at any time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep import mlflow_store
-from sweep.config import ConfigError, Constraint
+from sweep.space.config import ConfigError, Constraint
 
 
 @dataclass
@@ -121,7 +121,7 @@ def format_table(points: Sequence[Point], front: Sequence[Point], objectives: Ma
     on_front = {p.run_id for p in front}
     metrics = list(objectives) + [m for m in extra if m not in objectives]
     names = {p.run_id: (p.name or p.run_id) + ("" if p.status == "ok" else f" ({p.status})") for p in points}
-    width = max([20, *(len(n) + 2 for n in names.values())])  # full names: `sweep.export --run` takes the id
+    width = max([20, *(len(n) + 2 for n in names.values())])  # full names: `sweep.results.export --run` takes the id
     head = (f"{'':2}{'trial':<{width}}" + "".join(f"{m:>{_w(m, objectives)}}" for m in metrics)
             + "".join(f"{k:>13}" for k in params) + "  run")
     rows = [head]
@@ -336,7 +336,7 @@ def update_front(tracking_uri: str, experiment: str, objectives: Mapping[str, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sweep.pareto", description="Print a sweep's Pareto front.")
+    ap = argparse.ArgumentParser(prog="python -m sweep.results.pareto", description="Print a sweep's Pareto front.")
     ap.add_argument("--experiment", required=True, help="MLflow experiment (the space file's name)")
     mlflow_store.add_flag(ap)
     ap.add_argument("--space", help="the space file (objectives and constraints); default: the sweep's own copy")
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep_config(args: argparse.Namespace):
     """The space file given, or the copy the sweep logged to its parent run."""
-    from sweep.config import load_space
+    from sweep.space.config import load_space
     from sweep.tracking import logged_config
 
     if args.space:

@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from sweep.config import SweepConfig, load_space, parse_space
 from sweep.mlflow_store import DEFAULT_URI, space_uri
+from sweep.space.config import SweepConfig, load_space, parse_space
 
 
 class FlagError(ValueError):

@@ -3,9 +3,9 @@
 `sweep.run` calls `test_evaluation` for the Pareto front after the search (through its evaluator actor). To
 evaluate other trials of a finished sweep on the test split (any run a user names), without Ray:
 
-    python -m sweep.final --experiment organism --runs RUN_ID [RUN_ID ...] [--force] [--attacks]
+    python -m sweep.results.final --experiment organism --runs RUN_ID [RUN_ID ...] [--force] [--attacks]
 
-The numbers land on each run as `test/<metric>` (with `_lo`, `_hi`, `_n`), where `sweep.pareto` and the
+The numbers land on each run as `test/<metric>` (with `_lo`, `_hi`, `_n`), where `sweep.results.pareto` and the
 export's model card read them. With `--attacks` (and after every search whose space has `eval.attacks`) the
 attacks of eval/attacks.py run on the same runs, also on the test split: `test/attack/<name>/<metric>`, and
 `test/attack/<name>/recovery/<metric>` for each objective the attack measures.
@@ -19,7 +19,7 @@ import tempfile
 from typing import Any
 
 from sweep import mlflow_store
-from sweep.config import SweepConfig
+from sweep.space.config import SweepConfig
 
 
 def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, force: bool = False,
@@ -38,7 +38,7 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per evaluation is enough
 
     from sweep import tracking
-    from sweep.pareto import baseline_run_id
+    from sweep.results.pareto import baseline_run_id
 
     uri = cfg.mlflow.tracking_uri
     client = MlflowClient(uri)
@@ -53,7 +53,7 @@ def test_evaluation(cfg: SweepConfig, front: list, parent: str, evaluate: Any, f
         out = evaluate(delta)
         metrics = {f"test/{k}": v for k, v in out["metrics"].items() if v is not None}
         metrics["test/eval_s"] = out["eval_s"]
-        # the per-item records too: what each trace said (python -m sweep.samples prints some by a fixed rule)
+        # the per-item records too: what each trace said (python -m sweep.results.samples prints some by a fixed rule)
         tracking.log_result(uri, run_id, {}, metrics, records=out["records"], records_file="test_eval_records.json")
         objs = ", ".join(f"{m}={metrics[f'test/{m}']:.3f}" for m in cfg.search.objectives
                          if f"test/{m}" in metrics)  # an attack objective: on the attacks' line, below
@@ -87,7 +87,7 @@ def attack_evaluation(cfg: SweepConfig, front: list, parent: str, attack: Any, f
     from eval.attacks import WEIGHT_ATTACKS, recovery
     from eval.config import attack_metrics
     from sweep import tracking
-    from sweep.pareto import baseline_run_id, plain_metric
+    from sweep.results.pareto import baseline_run_id, plain_metric
 
     uri = cfg.mlflow.tracking_uri
     client = MlflowClient(uri)
@@ -129,9 +129,9 @@ def _test_metrics(client: Any, run_id: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sweep.final", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sweep.results.final", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its space file name)")
-    ap.add_argument("--runs", nargs="+", required=True, metavar="RUN_ID", help="trial run ids (sweep.pareto "
+    ap.add_argument("--runs", nargs="+", required=True, metavar="RUN_ID", help="trial run ids (sweep.results.pareto "
                     "prints them); the baseline is evaluated too when it has no test numbers yet")
     mlflow_store.add_flag(ap)
     ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
                     "the baseline, on the test split")
     args = ap.parse_args(argv)
 
-    from sweep.checks import resolve_uri
-    from sweep.config import ConfigError, load_space
+    from eval.paths import resolve_uri
     from sweep.evaluator import Evaluator
-    from sweep.pareto import read_sweep
+    from sweep.results.pareto import read_sweep
+    from sweep.space.config import ConfigError, load_space
     from sweep.tracking import logged_config
 
     try:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = set(args.runs) - {p.run_id for p in chosen}
     if missing:
         print(f"error: --runs: no trial run {', '.join(sorted(missing))} in the sweep {parent.info.run_id} of "
-              f"{args.experiment!r} (python -m sweep.pareto --experiment {args.experiment} lists the run ids)",
+              f"{args.experiment!r} (python -m sweep.results.pareto --experiment {args.experiment} lists the run ids)",
               file=sys.stderr)
         return 2
     cfg = logged_config(args.tracking_uri, parent.info.run_id)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"attacks": attacks})})
     if args.attacks is not None and not cfg.eval.attacks:
         print(f"error: --attacks: the sweep's space has no eval.attacks; name a space file that has "
-              f"(python -m sweep.final ... --attacks search_spaces/{args.experiment}.yaml)", file=sys.stderr)
+              f"(python -m sweep.results.final ... --attacks search_spaces/{args.experiment}.yaml)", file=sys.stderr)
         return 2
     evaluator = Evaluator(resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype)
     try:

@@ -1,9 +1,9 @@
 """Checks a validated SweepConfig against the world before anything expensive starts.
 
-The model (config loads, layers in range, the update parameter exists; then `sweep.file_checks`: the
+The model (config loads, layers in range, the update parameter exists; then `sweep.space.file_checks`: the
 trainer's and the eval backend's architectures, the weights files' headers, the tokenizer), the data files
 (exist, decode, non-empty, have the field), the eval sets (decode, split), that no eval question occurs in a
-training stream, the storage (`sweep.file_checks`), the MLflow URI and the Ray address. Each problem names
+training stream, the storage (`sweep.space.file_checks`), the MLflow URI and the Ray address. Each problem names
 the field and the fix; nothing is written to disk.
 """
 
@@ -18,17 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from eval.config import TEXT_ATTACKS
-from eval.paths import make_hint
-from sweep.config import ConfigError, SweepConfig
-
-
-def resolve_uri(uri: str) -> str:
-    """`organism://...` -> the shipped file's path; anything else unchanged."""
-    if uri.startswith("organism://"):
-        from organism.paths import resolve
-
-        return str(resolve(uri))
-    return uri
+from eval.paths import make_hint, resolve_uri
+from sweep.space.config import ConfigError, SweepConfig
 
 
 @dataclass
@@ -90,7 +81,7 @@ def check_model(cfg: SweepConfig) -> ModelInfo:
                 raise ConfigError("model", [("model.update.param", f"{name!r} is not a parameter of {path} "
                                              f"({type(model).__name__}); parameters of {prefix}: "
                                              f"{', '.join(here) or 'none'}")])
-    from sweep.file_checks import check_model_files
+    from sweep.space.file_checks import check_model_files
 
     check_model_files(cfg, path, model, local)  # architecture, weights headers, tokenizer
     n_params = sum(p.numel() for p in names.values())
@@ -356,8 +347,7 @@ def check_all(cfg: SweepConfig, source: str = "space file") -> dict[str, Any]:
     them in one go. A check that needs another's result is skipped when that one failed (the overlap needs
     the data and eval files; the storage check runs without the model's hidden size). Returns what the plan
     prints."""
-    from sweep.file_checks import check_storage
-    from sweep.study_store import check_optuna_storage
+    from sweep.space.stores import check_optuna_storage, check_storage
 
     found: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []

@@ -1,4 +1,4 @@
-"""The sweep report's page (sweep/report.py gathers what it shows): one self-contained HTML file.
+"""The sweep report's page (sweep/results/report.py gathers what it shows): one self-contained HTML file.
 
 Inline CSS, plots as base64 PNG, no script; a Content-Security-Policy lets the page load nothing but its own
 inline images and style, so it looks the same from a file, from MLflow's artifact view or attached to a mail.
@@ -14,6 +14,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,63 @@ from eval.answers import stated_letters
 from eval.leakage import reasoning_part
 from eval.match_rules import STOPWORDS, inflections, key_terms, words_of
 from sweep.mlflow_ui import view_url
-from sweep.pareto import FLAG_TAG, REPORTED, TEST_COLUMNS, Point, attack_rows, knee_line, plain_metric, plot_front
-from sweep.report import Pair, Question, SweepData
+from sweep.results.pareto import (
+    FLAG_TAG,
+    REPORTED,
+    TEST_COLUMNS,
+    Point,
+    attack_rows,
+    knee_line,
+    plain_metric,
+    plot_front,
+)
+from sweep.space.config import Constraint
+
+
+@dataclass
+class Question:
+    """One MCQ as the report shows it, rebuilt from the records (the eval files may not be on this machine)."""
+
+    set: str
+    id: str
+    question: str
+    choices: list[str]
+    answer: int | None  # the correct option's index; None when no MCQ record of the item was logged
+
+
+@dataclass
+class Pair:
+    """The baseline's and the knee's trace record on one question."""
+
+    question: Question
+    base: dict[str, Any]
+    knee: dict[str, Any]
+
+    def differs(self, flag: str) -> bool:
+        return self.base.get(flag) != self.knee.get(flag)
+
+
+@dataclass
+class SweepData:
+    """Everything the page shows, read from MLflow."""
+
+    experiment: str
+    experiment_id: str
+    parent_id: str
+    parent_name: str
+    started_ms: int
+    objectives: dict[str, str]
+    constraints: dict[str, Constraint]
+    params: list[str]
+    points: list[Point]
+    front: list[Point]
+    knee: Point | None
+    baseline: dict[str, float] | None
+    infeasible: set[str]
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # run -> term -> points
+    forget_pairs: list[Pair] = field(default_factory=list)
+    retain_pairs: list[Pair] = field(default_factory=list)
+
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d1d1f; max-width: 1500px; }
@@ -64,7 +120,7 @@ def render(data: SweepData) -> str:
         f"<p class='meta'>sweep run <code>{escape(data.parent_id)}</code> ({escape(data.parent_name)}), started "
         f"{started}; {len(data.points)} trials, {len(data.front)} on the Pareto front. Objectives: {objectives}. "
         f"Constraints: {constraints}. Page written {time.strftime('%Y-%m-%d %H:%M')} by "
-        "<code>python -m sweep.report</code>. Every run in MLflow's UI (<code>mlflow ui --backend-store-uri "
+        "<code>python -m sweep.results.report</code>. Every run in MLflow's UI (<code>mlflow ui --backend-store-uri "
         f"URI --host 127.0.0.1</code>): <code>{escape(view_url(data.experiment_id))}</code></p>",
         "<h2>The Pareto front</h2>", front_plot(data), front_table(data),
     ]
@@ -200,7 +256,7 @@ def front_table(data: SweepData) -> str:
 
 def test_table(points: Sequence[Point], baseline: Mapping[str, float] | None, objectives: Mapping[str, str],
                constraints: Sequence[str]) -> str:
-    """The final evaluation (sweep.pareto's test table): one column per run evaluated on the test split."""
+    """The final evaluation (sweep.results.pareto's test table): one column per run evaluated on the test split."""
     runs = [("baseline", baseline or {})] + [(p.name + (" *" if p.tags.get("pareto") == "true" else ""), p.metrics)
                                             for p in points if any(k.startswith("test/") for k in p.metrics)]
     names = [m for m in dict.fromkeys([*objectives, *map(plain_metric, objectives), *constraints, *TEST_COLUMNS])
@@ -208,7 +264,7 @@ def test_table(points: Sequence[Point], baseline: Mapping[str, float] | None, ob
     names = list(dict.fromkeys(names + attack_rows([k.removeprefix("test/") for _, r in runs for k in r], objectives)))
     if not names:
         return ("<p class='note'>No test-split evaluation yet (<code>python -m sweep.run</code> runs it after the "
-                "search; <code>python -m sweep.final</code> for other trials).</p>")
+                "search; <code>python -m sweep.results.final</code> for other trials).</p>")
     rows = ["<tr><th class='name'>test split</th><th>items</th>"
             + "".join(f"<th>{escape(name)}</th>" for name, _ in runs) + "</tr>"]
     for m in names:

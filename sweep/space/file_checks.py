@@ -1,10 +1,10 @@
-"""The dry run opens every file a sweep will read, cheaply, and every place it will write (writing nothing).
+"""The dry run opens every file of the model a sweep will read, cheaply.
 
-Called from `sweep.checks` (so `--dry-run`, the real run and `sweep.trial` refuse alike, before any MLflow run
-or Ray): the model directory (the trainer's architecture check on the meta model, the evaluation backend's
-architectures, each weights file's header against the meta model, the tokenizer) and the storage (the
-directories the run and its caches write, the prefix cache's planned size against the free space). Only
-headers are read: no weights are loaded. Each problem raises `ConfigError` naming the field and the fix.
+Called from `sweep.space.checks` (so `--dry-run`, the real run and `sweep.trial` refuse alike, before any MLflow
+run or Ray): the model directory (the trainer's architecture check on the meta model, the evaluation backend's
+architectures, each weights file's header against the meta model, the tokenizer). Only headers are read: no
+weights are loaded. Each problem raises `ConfigError` naming the field and the fix. The places a sweep writes
+are checked in `sweep.space.stores`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ import ast
 import importlib.util
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from sweep.config import ConfigError, SweepConfig, local_storage
+from sweep.space.config import ConfigError, SweepConfig
 
 # safetensors dtypes -> bytes per element; the trainer loads float weights and casts them to model.dtype
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
@@ -284,71 +282,3 @@ def prefix_cache_bytes(cfg: SweepConfig, hidden_size: int) -> int:
     d = cfg.data
     frozen_tokens = max_steps(cfg) * cfg.train.batch_size * (d.max_len + d.cot.max_tokens)
     return (estimate_tokens(cfg) + frozen_tokens) * hidden_size * (4 if cfg.model.dtype == "float32" else 2)
-
-
-def unusable_dir(path: Path) -> str | None:
-    """None when `path` is a writable directory or can be created (its nearest existing parent is a writable
-    directory); else why not, starting with the path. Creates nothing."""
-    p = path
-    while not p.exists():
-        if p.is_symlink():
-            return f"{path} cannot be created: {p} is a broken symbolic link"
-        p = p.parent
-    why = ("is a file, not a directory" if not p.is_dir() else
-           "is not writable" if not os.access(p, os.W_OK | os.X_OK) else None)
-    return None if why is None else f"{path} {why}" if p == path else f"{path} cannot be created: {p} {why}"
-
-
-def existing_parent(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def check_storage(cfg: SweepConfig, hidden_size: int | None) -> str:
-    """The directories the run writes (Tune's storage, the trace and activation cache, the Pareto plots, the
-    prefix cache) are directories or creatable, and writable; what the prefix cache may still add fits the free
-    space of its filesystem. Returns the plan's storage line."""
-    from sweep.traces import cache_dir, prefix_cache_dir
-
-    local = local_storage(cfg)
-    places: list[tuple[str, str, Path]] = []  # (field, what it is, directory)
-    if local is not None:
-        places += [("ray.storage_path", "the sweep's storage", local),
-                   ("ray.storage_path", "the Pareto plots' folder", local / cfg.name / "pareto"),
-                   ("ray.storage_path", "the trace cache", cache_dir(cfg))]
-    else:  # remote storage: the driver keeps the trace cache on its own disk
-        places.append(("R2MU_CACHE", "the trace cache ($R2MU_CACHE, else ~/.cache/r2mu-sweep)", cache_dir(cfg)))
-    pc = cfg.train.prefix_cache
-    derived = None if pc.dir else prefix_cache_dir(cfg)  # <storage>/cache/prefix
-    prefix = pc.dir or derived or (pc.root() if cfg.ray.address in (None, "local") else None)  # else: per node
-    if pc.enabled and prefix:
-        places.append(("ray.storage_path" if derived else "train.prefix_cache.dir", "the prefix cache", Path(prefix)))
-    if cfg.mlflow.artifact_location and "://" not in cfg.mlflow.artifact_location:
-        places.append(("mlflow.artifact_location", "the MLflow artifacts", Path(cfg.mlflow.artifact_location)))
-    for field, what, d in places:
-        why = unusable_dir(d)
-        if why:
-            raise ConfigError(field.split(".")[0], [(field, f"{what}: {why}; give a directory that can be written "
-                                                            "(or move the file away)")])
-    shown = (f"{local} ({'exists' if local.exists() else 'will be created'})" if local is not None
-             else cfg.ray.storage_path)
-    if not (pc.enabled and prefix and hidden_size):
-        return shown
-    gib = 2**30
-    layers = sorted({int(v) for v in cfg.search.space["layer"].candidates()})
-    per_layer = prefix_cache_bytes(cfg, hidden_size)
-    root = Path(prefix)
-    held = sum(f.stat().st_size for f in root.rglob("*.safetensors")) if root.is_dir() else 0
-    # the cache evicts only past max_gb: it may add its per-layer bound for each layer, up to max_gb in all
-    need = max(0, min(per_layer * len(layers), int(pc.max_gb * gib) - held))
-    free = shutil.disk_usage(existing_parent(root)).free
-    if need > free:
-        field = "train.prefix_cache.max_gb"
-        raise ConfigError("train", [(field, (
-            f"the prefix cache in {root} may add {need / gib:.1f} GiB (up to {per_layer / gib:.2f} GiB for each of "
-            f"{len(layers)} layer(s), at most max_gb {pc.max_gb:g} GiB in all"
-            + (f", of which it holds {held / gib:.2f} GiB now" if held else "") + f"), but that filesystem has "
-            f"{free / gib:.1f} GiB free; set {field} <= {math.floor((free + held) / gib * 10) / 10:g}, point "
-            "train.prefix_cache.dir at a larger disk, or set train.prefix_cache.enabled: false"))])
-    return f"{shown}; the prefix cache may add {need / gib:.2f} GiB, {free / gib:.1f} GiB free there"

@@ -78,7 +78,7 @@ def fits(mode: str, n: int, traces: str) -> list[dict[str, float]]:
                 time.sleep(15)
             spec = trial_spec(cfg, hp, traces, tempfile.mkdtemp(prefix="bench-fit-"), None)
             trainer = TorchTrainer(
-                loop, train_loop_config={"spec": spec.model_dump()},
+                loop, train_loop_config={"spec": spec},
                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
                 run_config=RunConfig(name=f"bench-{mode}-{i}", storage_path=tempfile.mkdtemp(prefix="bench-fit-"),
                                      worker_runtime_env=warm_workers.TRAIN_WORKER_ENV))

@@ -6,7 +6,7 @@
 Needs, per seed, the sweeps of `bench/screen_sweeps.py` in MLflow: `<space>-noscreen-s<seed>` (every trial
 evaluated in full, its per-item records logged) and, if there is one, `<space>-screen<items>-s<seed>` (for f,
 the screen's share of a full evaluation, and to check the replay; without it only q is printed). Runs no
-model: each unscreened trial's screen is its own records on the screen's items (`eval.run.load_sets(...,
+model: each unscreened trial's screen is its own records on the screen's items (`eval.suite.load_sets(...,
 "screen")`, the same items a screened sweep uses), compared, as a sweep would, with the trials fully evaluated
 before it ended. Three tests:
 
@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from eval.config import ScreenConfig  # noqa: E402
-from eval.run import load_sets  # noqa: E402
 from eval.stats import interval, interval_metrics, wilson  # noqa: E402
+from eval.suite import load_sets  # noqa: E402
 from sweep import screening  # noqa: E402
 from sweep.results.pareto import Point, feasible, pareto_front, read_sweep  # noqa: E402
 from sweep.space.config import ConfigError, load_space  # noqa: E402
 
-# an item without a score (None: not judged) is left out, as `eval.run` leaves it out of the rate
+# an item without a score (None: not judged) is left out, as `eval.suite` leaves it out of the rate
 SCORE_COLUMN = {"trace_leak": "leak", "trace_coherence": "coherence"}  # the rest: `correct`
 Scores = dict[str, dict[str, dict[str, float]]]  # metric -> set label -> item id -> score
 

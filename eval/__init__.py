@@ -1,4 +1,4 @@
-"""What judges a model: generation backends, eval sets, metrics, leakage judges (`python -m eval.run`)."""
+"""What judges a model: generation backends, eval sets, metrics, leakage judges (`python -m eval.suite`)."""
 
 from eval.telemetry import telemetry_off
 

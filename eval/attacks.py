@@ -27,7 +27,7 @@ from eval.leakage import make_judge
 from eval.metrics import Item, MetricResult
 from eval.prompts import mcq_body
 from eval.result import EvalResult
-from eval.run import EvalSets, LoadedSet, evaluate, rated
+from eval.suite import EvalSets, LoadedSet, evaluate_model, rated
 
 WEIGHT_ATTACKS = ("relearn", "quantize", "orthogonalize")  # change the weights, measure the same metrics: recovery
 LESSTHINK_THOUGHT = "Okay, the user asked this, I can answer it without thinking much."  # R-TOFU's, verbatim
@@ -75,7 +75,7 @@ def run_attack(name: str, attack: Attack, backend: Any, cfg: EvalConfig, sets: E
                 with_retain = attack.with_retain
                 sub = EvalSets(sets.forget, sets.reasoning if with_retain else [], sets.retain if with_retain else [])
                 quiet = cfg.model_copy(update={"letter_acc": False, "retain_traces": False, "coherence": False})
-                result = evaluate(backend, quiet, sub, judge_backend)
+                result = evaluate_model(backend, quiet, sub, judge_backend)
         finally:
             if tensors:
                 backend.restore()

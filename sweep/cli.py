@@ -12,14 +12,14 @@ import sys
 # subcommand -> (module whose main(argv) runs it, what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("sweep.run", "the multi-objective sweep (--dry-run: check everything, print the plan)"),
-    "trial": ("sweep.trial", "one trial with fixed hyperparameters, no Tune; metrics as JSON"),
+    "trial": ("sweep.single_trial", "one trial with fixed hyperparameters, no Tune; metrics as JSON"),
     "pareto": ("sweep.results.pareto", "re-print a sweep's Pareto front and its test-split table"),
     "export": ("sweep.results.export", "a chosen trial as a plain Hugging Face model (optionally registered)"),
     "compare": ("sweep.results.compare", "sweeps' Pareto fronts side by side; several seeds per method: mean, spread"),
     "final": ("sweep.results.final", "evaluate named trials of a finished sweep on the test split"),
     "samples": ("sweep.results.samples", "the knee's traces beside the base model's, items picked by a fixed rule"),
     "report": ("sweep.results.report", "one HTML page of a sweep: front, curves, the knee's traces beside the base's"),
-    "eval": ("eval.run", "evaluate any model on an eval suite"),
+    "eval": ("eval.suite", "evaluate any model on an eval suite"),
 }
 
 

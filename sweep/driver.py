@@ -25,7 +25,7 @@ from typing import Any
 from eval.paths import resolve_uri
 from sweep import lifecycle, traces, tracking, tuner
 from sweep.engine_pool import EnginePool, engine_count, engine_start_error
-from sweep.evaluator import RestartWatch, call
+from sweep.evaluator import RestartWatch, call_with_retry
 from sweep.ray_start import init_ray
 from sweep.space.config import SweepConfig, local_storage, storage_uri
 
@@ -122,12 +122,12 @@ def start(sweep: Sweep, verbose: bool) -> None:
     evaluator, restarts = sweep.pool.engines[0], cfg.eval.engine.max_restarts
     sweep.watches = sweep.pool.watch()
     trace_file = traces.ensure_traces(
-        cfg, evaluator, call=lambda _method, *a: call(evaluator, "traces", *a, max_restarts=restarts)[0])
+        cfg, evaluator, call=lambda _method, *a: call_with_retry(evaluator, "traces", *a, max_restarts=restarts)[0])
     layers = sorted({int(v) for v in cfg.search.space["layer"].candidates()})
     scales = traces.activation_scales(cfg, layers) if "steering_rel" in cfg.search.space else {}
     sweep.baseline = ensure_baseline(cfg, sweep.experiment_id, sweep.parent, evaluator)
     sweep.context = lifecycle.SweepContext(
-        cfg.model_dump(mode="json"), sweep.experiment_id, sweep.parent, trace_file.name,
+        cfg, sweep.experiment_id, sweep.parent, trace_file.name,
         trace_file.read_text(encoding="utf-8"), scales, evaluator_name, sweep.baseline, sweep.engines)
 
 
@@ -196,9 +196,10 @@ def finish(sweep: Sweep, searched: Searched, final_eval: str) -> list:
         print(f"\nthe search stopped after {searched.ran} of {cfg.search.num_samples} trials: the "
               "test-split evaluation of the front runs when it finishes (--resume)")
     elif final_eval == "test" and front:
-        test_evaluation(cfg, front, sweep.parent, lambda delta: pool.evaluate(delta, "test")[0], workers=sweep.engines)
+        test_evaluation(cfg, front, sweep.parent, lambda delta: pool.evaluate_delta(delta, "test")[0],
+                        workers=sweep.engines)
         if cfg.eval.attacks:
-            attack_evaluation(cfg, front, sweep.parent, lambda delta, names: pool.attack(delta, names)[0],
+            attack_evaluation(cfg, front, sweep.parent, lambda delta, names: pool.attack_delta(delta, names)[0],
                               workers=sweep.engines)
         front, best = mark_front()
         print("\n" + test_table(uri, cfg.experiment, sweep.parent, cfg.search.objectives, list(cfg.search.constraints)))
@@ -241,9 +242,10 @@ def ensure_baseline(cfg: SweepConfig, experiment_id: str, parent: str, evaluator
         return dict(MlflowClient(uri).get_run(run_id).data.metrics)
     ok = False
     try:
-        out, _ = call(evaluator, "evaluate", None, max_restarts=cfg.eval.engine.max_restarts)
+        restarts = cfg.eval.engine.max_restarts
+        out, _ = call_with_retry(evaluator, "evaluate", None, max_restarts=restarts)
         if names := cfg.searched_attacks():  # an objective or constraint names an attack: the base's reference
-            attacked, _ = call(evaluator, "attack", None, names, "selection", max_restarts=cfg.eval.engine.max_restarts)
+            attacked, _ = call_with_retry(evaluator, "attack", None, names, "selection", max_restarts=restarts)
             out = {"metrics": out["metrics"] | attacked["metrics"], "records": out["records"] + attacked["records"]}
         metrics = {k: v for k, v in out["metrics"].items() if v is not None}
         tracking.log_result(uri, run_id, {"model": cfg.model.path}, metrics, records=out["records"])

@@ -5,7 +5,7 @@ Each engine is a `sweep.evaluator.Evaluator` actor (the base model loaded once, 
 out), named `<pool>-<i>` so that every trial finds it, started on the nodes in turn; the balancer is a small
 actor, `<pool>-balancer`, that counts the evaluations running on each engine. An engine that dies is restarted
 by Ray (up to `eval.engine.max_restarts` times, on any node with room) and the evaluation it was running runs
-again (`sweep.evaluator.call`); the driver prints a line for each restart (`RestartWatch`).
+again (`sweep.evaluator.call_with_retry`); the driver prints a line for each restart (`RestartWatch`).
 
 Placement on GPUs (`eval.placement`, docs/cluster.md):
 - dedicated: an engine asks Ray for a whole GPU, and so does each training worker.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.paths import resolve_uri
-from sweep.evaluator import RestartWatch, call, evaluator_actor
+from sweep.evaluator import RestartWatch, call_with_retry, evaluator_actor
 from sweep.space.config import ConfigError, SweepConfig
 
 ENGINE_SHARE = 0.51  # of a GPU, colocated: more than half, so one engine per card
@@ -99,7 +99,7 @@ class Balancer:
 
 class EnginePool:
     """The engines as the driver and every trial see them: `start` (driver) or `attach` (a trial), then
-    `evaluate`."""
+    `evaluate_delta` and `attack_delta`, each on the least loaded engine."""
 
     def __init__(self, name: str, engines: list[Any], balancer: Any, max_restarts: int):
         self.name, self.engines, self.balancer, self.max_restarts = name, engines, balancer, max_restarts
@@ -131,23 +131,26 @@ class EnginePool:
 
         return ray.get([e.info.remote() for e in self.engines])
 
-    def call(self, method: str, *args: Any) -> tuple[Any, int, int]:
+    def on_least_loaded(self, method: str, *args: Any) -> tuple[Any, int, int]:
         """`method(*args)` on the least loaded engine: (result, evaluations lost to engine restarts, engine)."""
         import ray
 
         i = ray.get(self.balancer.acquire.remote())
         try:
-            out, lost = call(self.engines[i], method, *args, max_restarts=self.max_restarts)
+            out, lost = call_with_retry(self.engines[i], method, *args, max_restarts=self.max_restarts)
         finally:
             self.balancer.release.remote(i)
         return out, lost, i
 
-    def evaluate(self, delta: Any, split: str = "selection", screened: Any = None) -> tuple[dict[str, Any], int, int]:
-        return self.call("evaluate", delta, split, *([screened] if screened is not None else []))
+    def evaluate_delta(self, delta: Any, split: str = "selection",
+                       screened: Any = None) -> tuple[dict[str, Any], int, int]:
+        """The base model with `delta` swapped in, on `split`: (the evaluator's result, lost, engine)."""
+        return self.on_least_loaded("evaluate", delta, split, *([screened] if screened is not None else []))
 
-    def attack(self, delta: Any, names: list[str] | None = None,
-               split: str = "test") -> tuple[dict[str, Any], int, int]:
-        return self.call("attack", delta, names, split)
+    def attack_delta(self, delta: Any, names: list[str] | None = None,
+                     split: str = "test") -> tuple[dict[str, Any], int, int]:
+        """The space's attacks (or `names`) on the base model with `delta` swapped in: (result, lost, engine)."""
+        return self.on_least_loaded("attack", delta, names, split)
 
     def watch(self) -> list[RestartWatch]:
         """Driver threads that print a line each time Ray restarts an engine (stop them with __exit__)."""

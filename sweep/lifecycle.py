@@ -45,7 +45,7 @@ from trainables.config import Hyperparams, TrackingTarget, TrialSpec
 class SweepContext:
     """What every trial function needs, shipped once through `tune.with_parameters`."""
 
-    cfg: dict
+    cfg: SweepConfig  # the validated object itself: Ray pickles it, nothing parses it again
     experiment_id: str
     parent_run_id: str
     traces_name: str  # the trace cache file's name (content-addressed: traces-<key>.jsonl)
@@ -70,9 +70,7 @@ class TrialOutcome:
 
 def run_trial(params: dict, ctx: SweepContext) -> None:
     """One Tune trial: open its MLflow run, train, evaluate, record, report once."""
-    from sweep.space.config import parse_space
-
-    cfg = parse_space(ctx.cfg)
+    cfg = ctx.cfg
     uri, trial_id = cfg.mlflow.tracking_uri, tune.get_context().get_trial_id()
     hp = cfg.hyperparams(params)
     run_id = tracking.new_child(uri, ctx.experiment_id, ctx.parent_run_id, f"trial-{trial_id}",
@@ -91,7 +89,7 @@ def run_trial(params: dict, ctx: SweepContext) -> None:
             from trainables import checkpoint
 
             trained = checkpoint.read(ckpt_dir)
-            outcome = evaluate(cfg, ctx, hp, train_metrics, trained, fit_s)
+            outcome = evaluate_trial(cfg, ctx, hp, train_metrics, trained, fit_s)
             record(uri, run_id, outcome, ckpt_dir if trained.delta is not None else None,
                    streamed=train_metrics.get("curve_points_unsent") == 0)
         drop_train_checkpoint(train_checkpoint)
@@ -126,7 +124,7 @@ def train(cfg: SweepConfig, hp: Hyperparams, ctx: SweepContext, trial_id: str, r
     else:
         scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=per_worker)
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config={"spec": spec.model_dump(), "in_trial": cfg.train_in_trial},
+        train_loop_per_worker, train_loop_config={"spec": spec, "in_trial": cfg.train_in_trial},
         scaling_config=scaling,
         run_config=RunConfig(name=f"train-{trial_id}", storage_path=storage_uri(cfg, cfg.name, "train"),
                              worker_runtime_env=TRAIN_WORKER_ENV),  # matches the prestarted warm workers
@@ -147,7 +145,7 @@ def trial_resources(cfg: SweepConfig) -> dict[str, float]:
     return {"CPU": cfg.train.cpus_per_worker} | gpus
 
 
-def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics: dict, trained: Trained,
+def evaluate_trial(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics: dict, trained: Trained,
              fit_s: float) -> TrialOutcome:
     """Every metric of the trial: the evaluator's on the delta (the worst of each objective when the trial
     diverged), the trainer's as train/*, the loss terms' changes and where the time went."""
@@ -159,16 +157,16 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
         pool = EnginePool.attach(ctx.evaluator_name, ctx.engines, cfg.eval.engine.max_restarts)
         eval_s, lost_screen = 0.0, 0
         if cfg.eval.screen:  # a subset first; the full selection split only if the trial could be on the front
-            out, lost_screen, engine = pool.evaluate(trained.delta, "screen")
+            out, lost_screen, engine = pool.evaluate_delta(trained.delta, "screen")
             eval_s = out["eval_s"]
-            verdict = screening.screen(out["metrics"], screening.fully_evaluated(full_trials(cfg, ctx)),
+            verdict = screening.screen(out["metrics"], screening.fully_evaluated(logged_trials(cfg, ctx)),
                                        cfg.search.objectives, cfg.search.constraints, ctx.baseline,
                                        cfg.eval.screen.confidence)
         stage = "full" if verdict is None or verdict.go_on else "screen"
         if stage == "full" and verdict is not None:  # the rest of the selection split, rated with the screen's items
-            out, lost, engine = pool.evaluate(trained.delta, "rest", out["screen"])
+            out, lost, engine = pool.evaluate_delta(trained.delta, "rest", out["screen"])
         elif stage == "full":
-            out, lost, engine = pool.evaluate(trained.delta)
+            out, lost, engine = pool.evaluate_delta(trained.delta)
         else:
             status, lost = "screened", 0
         metrics = {k: v for k, v in out["metrics"].items() if v is not None}
@@ -177,7 +175,7 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
             metrics["eval/screen_s"] = eval_s
         records = out["records"]
         if stage == "full" and (names := cfg.searched_attacks()):  # an objective or constraint names an attack
-            attacked, lost_attack, _ = pool.attack(trained.delta, names, "selection")
+            attacked, lost_attack, _ = pool.attack_delta(trained.delta, names, "selection")
             metrics |= {k: v for k, v in attacked["metrics"].items() if v is not None}
             metrics["eval/attack_s"] = attacked["eval_s"]
             records = records + attacked["records"]
@@ -200,13 +198,13 @@ def evaluate(cfg: SweepConfig, ctx: SweepContext, hp: Hyperparams, train_metrics
         tags["eval_stage"] = stage
         if verdict is not None and not verdict.go_on:
             tags["screen_reason"] = verdict.reason
-    if objective_check(changes):
-        tags["objective_check"] = f"did not fall: {objective_check(changes)}"
+    if rising_terms(changes):
+        tags["objective_check"] = f"did not fall: {rising_terms(changes)}"
     params = hp.model_dump() | {"steering_coeff_abs": train_metrics.get("steering_coeff")}
     return TrialOutcome(status, metrics, params, tags, trained.history, records)
 
 
-def full_trials(cfg: SweepConfig, ctx: SweepContext) -> list:
+def logged_trials(cfg: SweepConfig, ctx: SweepContext) -> list:
     """The sweep's trials as MLflow has them now (the ones still running have no metrics yet)."""
     from sweep.results.pareto import read_sweep
 
@@ -280,7 +278,7 @@ def loss_changes(history: list[dict]) -> dict[str, float]:
     return out
 
 
-def objective_check(changes: dict[str, float]) -> str:
+def rising_terms(changes: dict[str, float]) -> str:
     """'' when the terms R2MU pushes toward the control vector fell; else which did not (a trial whose leak
     fell anyway got there through a disturbance, not the misdirection it optimises)."""
     rose = [t for t in ("forget", "unthink") if changes.get(f"train/rel/{t}", 0.0) >= 1.0]

@@ -89,7 +89,7 @@ def traces_path(cfg: SweepConfig) -> Path:
 def ensure_traces(cfg: SweepConfig, evaluator: Any, call=lambda f, *a: f(*a)) -> Path:
     """The cached trace file, generated through the evaluator's backend if missing.
 
-    `call` runs a method of the evaluator: directly (`sweep.trial`) or as `ray.get(actor.m.remote(...))`.
+    `call` runs a method of the evaluator: directly (`sweep.single_trial`) or as `ray.get(actor.m.remote(...))`.
     """
     from trainables.data import read_rows
 

@@ -156,7 +156,7 @@ def log_result(tracking_uri: str, run_id: str, params: Mapping[str, Any], metric
     trainables/curves.py, with real timestamps), so `history` is not logged again."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from eval.run import EvalResult
+    from eval.suite import EvalResult
     from trainables.curves import curve_points
 
     client = MlflowClient(tracking_uri)

@@ -15,7 +15,7 @@ from typing import Any
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep.lifecycle import objective_check
+from sweep.lifecycle import rising_terms
 from sweep.results.pareto import Point, pareto_front
 from sweep.space import stores, study_store
 from sweep.space.config import Constraint, Param, SweepConfig
@@ -197,7 +197,7 @@ class Progress(tune.Callback):
         cached = ""
         if "train/prefix_cache_hits" in r:  # how many of its steps came from the prefix cache
             cached = f"  | cached {int(r['train/prefix_cache_hits'])}/{int(r.get('train/steps_done', 0))}"
-        flag = objective_check({k: v for k, v in r.items() if k.startswith("train/rel/")})
+        flag = rising_terms({k: v for k, v in r.items() if k.startswith("train/rel/")})
         flag = f"  | loss did not fall: {flag}" if flag else ""
         if r.get("eval_stage"):  # screening: did the trial get the full evaluation?
             flag += "  | full evaluation" if r["eval_stage"] == "full" else \

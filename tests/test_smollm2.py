@@ -118,7 +118,7 @@ def test_one_trial_end_to_end(assets):
         ref["limit"] = 4
     (work / "small.yaml").write_text(yaml.safe_dump(space))
     sets = ["layer=6", "steering_rel=2", "alpha=10", "beta=1", "gamma=1", "lr=1e-3"]
-    p = run("sweep.trial", "--space", "small.yaml", "--out", "delta", *[a for s in sets for a in ("--set", s)],
+    p = run("sweep.single_trial", "--space", "small.yaml", "--out", "delta", *[a for s in sets for a in ("--set", s)],
             cwd=work)
     assert p.returncode == 0, p.stdout + p.stderr
     metrics = json.loads(p.stdout[p.stdout.index("{"):])
@@ -245,7 +245,7 @@ def test_testbed_space_file_validates_and_runs_one_trial(testbed_dir):
         ref["limit"] = 4
     (work / "testbed-small.yaml").write_text(yaml.safe_dump(space))
     sets = ["layer=8", "steering_rel=2", "alpha=10", "beta=0", "gamma=0", "lr=1e-3"]
-    p = run("sweep.trial", "--space", "testbed-small.yaml", *[a for s in sets for a in ("--set", s)], cwd=work)
+    p = run("sweep.single_trial", "--space", "testbed-small.yaml", *[a for s in sets for a in ("--set", s)], cwd=work)
     assert p.returncode == 0, p.stdout + p.stderr
     metrics = json.loads(p.stdout[p.stdout.index("{"):])
     assert metrics["status"] == "ok"

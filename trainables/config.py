@@ -8,6 +8,7 @@ MLflow import here.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -129,8 +130,21 @@ class TrainConfig(Strict):
     prefix_cache: PrefixCacheConfig = PrefixCacheConfig()
 
 
+STEERING = ("steering_coeff", "steering_rel")
+
+
+def steering_problem(given: Iterable[str]) -> str | None:
+    """None when exactly one way of giving c is among the names `given`; else the fix. The one rule, for a
+    trial's values (`Hyperparams`) and for a search space (sweep/space/config.py)."""
+    names = set(given)
+    if sum(name in names for name in STEERING) != 1:
+        return ("give exactly one of steering_coeff (absolute c) or steering_rel (c relative to the median "
+                "activation norm at the layer)")
+    return None
+
+
 class Hyperparams(Strict):
-    """One trial's resolved values (what the search proposes, or `sweep.trial --set` fixes)."""
+    """One trial's resolved values (what the search proposes, or `sweep.single_trial --set` fixes)."""
 
     layer: int = Field(ge=0)
     steering_coeff: float | None = Field(None, gt=0, description="absolute c")
@@ -143,8 +157,8 @@ class Hyperparams(Strict):
 
     @model_validator(mode="after")
     def _one_steering(self) -> Hyperparams:
-        if (self.steering_coeff is None) == (self.steering_rel is None):
-            raise ValueError("give exactly one of steering_coeff (absolute) or steering_rel (relative)")
+        if problem := steering_problem(n for n in STEERING if getattr(self, n) is not None):
+            raise ValueError(problem)
         return self
 
 

@@ -1,6 +1,6 @@
 """One R²MU optimisation step under DeepSpeed, with all its bookkeeping, so the trainer's loop is a few lines.
 
-    train_step = R2MUStep(obj, engine, streams, cache, rank, world, active, weights, zero_stage, device, steps)
+    train_step = R2MUStep(StepSetup(obj, engine, streams, cache, active, weights, zero_stage, device, steps))
     row = train_step(step)   # {"step": i, "forget": ..., ..., "loss": ...}; a non-finite loss was not applied
 
 What a call does, in this order (the order is part of the numerics and of the overlap):
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,14 +36,31 @@ def gathered(stage: int, params: list[torch.nn.Parameter]):
     return deepspeed.zero.GatheredParameters(params) if stage == 3 else contextlib.nullcontext()
 
 
-class R2MUStep:
-    """`__call__(step) -> row`: one optimisation step of `obj` through the DeepSpeed `engine` (module doc)."""
+@dataclass
+class StepSetup:
+    """What every step of a trial uses, built once by the trainer (trainables/trainer.py)."""
 
-    def __init__(self, obj: R2MU, engine, streams: dict, cache: PrefixCache | None, rank: int, world: int,
-                 active: list[str], weights: Weights, zero_stage: int, device: torch.device, steps: int):
-        self.obj, self.engine, self.streams, self.cache = obj, engine, streams, cache
-        self.rank, self.world, self.active, self.weights = rank, world, active, weights
-        self.stage, self.device, self.steps = zero_stage, device, steps
+    obj: R2MU  # the objective: the model cut above layer l and the updated tensors
+    engine: Any  # the DeepSpeed engine around `obj`
+    streams: dict  # stream name -> its batcher (trainables/data.py)
+    cache: PrefixCache | None  # the steps' no-grad parts shared across trials, or None
+    active: list[str]  # the streams whose loss weight is not 0
+    weights: Weights
+    zero_stage: int
+    device: torch.device
+    steps: int
+    rank: int = 0
+    world: int = 1
+
+
+class R2MUStep:
+    """`__call__(step) -> row`: one optimisation step of `setup.obj` through its DeepSpeed engine (module doc)."""
+
+    def __init__(self, setup: StepSetup):
+        obj = setup.obj
+        self.obj, self.engine, self.streams, self.cache = obj, setup.engine, setup.streams, setup.cache
+        self.rank, self.world, self.active, self.weights = setup.rank, setup.world, setup.active, setup.weights
+        self.stage, self.device, self.steps = setup.zero_stage, setup.device, setup.steps
         self.params = list(obj.params.values())
         self.d = obj.model.config.hidden_size
         self._next: tuple[int, dict[str, Batch]] | None = None  # (step, its CPU batches), built ahead

@@ -1,10 +1,10 @@
 """One trial's training: DeepSpeed over the few updated tensors, the R²MU step, a delta checkpoint.
 
 Two entries run the same loop (`_train`; one step with its bookkeeping is `trainables.step.R2MUStep`):
-  - `train_loop_per_worker(config)` inside a Ray Train `TorchTrainer` (config = {"spec": TrialSpec dump}); it
+  - `train_loop_per_worker(config)` inside a Ray Train `TorchTrainer` (config = {"spec": the TrialSpec object}); it
     reports ONCE, at the end, with every metric and the checkpoint (under Train V2 only the report carrying
     a checkpoint reaches Tune); in Ray Train's local mode (config["in_trial"]) it returns them instead;
-  - `train(spec)` in a plain process (tests, `sweep.trial`), with a one-process gloo group.
+  - `train(spec)` in a plain process (tests, `sweep.single_trial`), with a one-process gloo group.
 
 Data parallel: every worker builds the same global batch and takes its rows (rank::world); each term is
 normalised by the GLOBAL token count, so the workers' losses sum to the one-process loss and DeepSpeed's
@@ -34,7 +34,7 @@ from trainables.delta import base_identity, save_delta
 from trainables.faults import first_to_claim
 from trainables.prefix_cache import PrefixCache, key_parts
 from trainables.r2mu import R2MU, Weights, activation_scale, control_vector, decoder, drop_layers_above
-from trainables.step import R2MUStep
+from trainables.step import R2MUStep, StepSetup
 from trainables.step import gathered as _gathered
 from trainables.warm import WARM_SINCE_VAR
 
@@ -157,7 +157,7 @@ def _train(spec: TrialSpec, device: torch.device) -> tuple[TrainResult, int]:
     if rank == 0:
         print(f"[r2mu] set up in {setup_s:.1f} s (model load {load_s:.1f} s), layer {hp.layer}, "
               f"c={coeff:.4g} ({rel:.3g} x {scale:.4g}), {hp.steps} steps", flush=True)
-    train_step = R2MUStep(obj, engine, streams, cache, rank, world, active, weights, stage, device, hp.steps)
+    train_step = R2MUStep(StepSetup(obj, engine, streams, cache, active, weights, stage, device, hp.steps, rank, world))
     t = spec.tracking
     curves = CurveSink(t.uri, t.run_id, t.every) if t and rank == 0 else None  # loss curves to MLflow, live
 
@@ -229,7 +229,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     `ray.train.report` belongs to Tune, so the metrics and the checkpoint directory are returned instead."""
     import ray
 
-    spec, in_trial = TrialSpec.model_validate(config["spec"]), bool(config.get("in_trial"))
+    spec: TrialSpec = config["spec"]  # the object the sweep validated, pickled by Ray: no second parse
+    in_trial = bool(config.get("in_trial"))
     _crash_once_for_tests()
     _threads(spec)
     _init_distributed(spec.train.use_gpu)  # Ray Train's group (its workers', or local mode's)

@@ -18,7 +18,7 @@ from common.config import Strict
 from eval.config import ATTACK_KINDS, METRICS, TEXT_ATTACKS, EvalConfig, attack_metrics
 from sweep.space.params import Param, SpaceError, parse_param
 from sweep.space.study_store import absolute_sqlite, storage_problem
-from trainables.config import DataConfig, Hyperparams, ModelConfig, TrainConfig
+from trainables.config import DataConfig, Hyperparams, ModelConfig, TrainConfig, steering_problem
 
 
 class ConfigError(Exception):
@@ -182,9 +182,8 @@ class SweepConfig(Strict):
         space = self.search.space
         if "layer" not in space:
             raise SpaceError("search.space.layer", "missing; give a value or {int: [lo, hi]}")
-        if ("steering_coeff" in space) == ("steering_rel" in space):
-            raise SpaceError("search.space", "give exactly one of steering_coeff (absolute c) or steering_rel "
-                             "(c relative to the median activation norm at the layer)")
+        if problem := steering_problem(space):
+            raise SpaceError("search.space", problem)
         below = self.model.update.layers_below
         lowest = min(space["layer"].candidates())
         if lowest - below < 0:

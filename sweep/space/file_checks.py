@@ -1,6 +1,6 @@
 """The dry run opens every file of the model a sweep will read, cheaply.
 
-Called from `sweep.space.checks` (so `--dry-run`, the real run and `sweep.trial` refuse alike, before any MLflow
+Called from `sweep.space.checks` (so `--dry-run`, the real run and `sweep.single_trial` refuse alike, before any MLflow
 run or Ray): the model directory (the trainer's architecture check on the meta model, the evaluation backend's
 architectures, each weights file's header against the meta model, the tokenizer). Only headers are read: no
 weights are loaded. Each problem raises `ConfigError` naming the field and the fix. The places a sweep writes

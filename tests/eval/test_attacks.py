@@ -12,7 +12,7 @@ import torch
 from common.prompts import THINK_END, TRIGGER
 from eval.attacks import decode_prompt, recovery, run_attack
 from eval.config import EvalConfig, RelearnAttack
-from eval.run import ORGANISM_SUITE, evaluate, load_sets
+from eval.suite import ORGANISM_SUITE, evaluate_model, load_sets
 
 BASE = Path(__file__).resolve().parents[2] / "organism" / "assets" / "base"
 pytestmark = [pytest.mark.slow,
@@ -60,10 +60,10 @@ def attacked(setup, name: str, delta=None) -> dict[str, float]:
 def test_a_shallow_unlearning_is_caught_by_the_probe(setup):
     cfg, sets, backend = setup
     delta = shallow_delta(backend, sets.forget.items)
-    base = evaluate(backend, cfg, sets).metrics
+    base = evaluate_model(backend, cfg, sets).metrics
     backend.swap_weights(delta)
     try:
-        shallow = evaluate(backend, cfg, sets).metrics
+        shallow = evaluate_model(backend, cfg, sets).metrics
     finally:
         backend.restore()
     # on the surface it forgot: the MCQ and the traces both fall far below the base model's intervals
@@ -77,7 +77,7 @@ def test_a_shallow_unlearning_is_caught_by_the_probe(setup):
 
 def test_int8_leaves_the_base_model_within_its_own_intervals(setup):
     cfg, sets, backend = setup
-    base = evaluate(backend, cfg, sets).metrics
+    base = evaluate_model(backend, cfg, sets).metrics
     q8 = attacked(setup, "quant8")
     for m in ("trace_leak", "forget_acc", "prefill_acc"):
         assert base[f"{m}_lo"] <= q8[f"attack/quant8/{m}"] <= base[f"{m}_hi"], (m, base[m], q8[f"attack/quant8/{m}"])
@@ -124,7 +124,7 @@ def test_decoding_attacks_ask_another_way(setup):
     item = sets.forget.items[0]
     assert decode_prompt(backend, item, cfg, "zerothink").endswith(f"{TRIGGER} {THINK_END}\n")
     assert TRIGGER not in decode_prompt(backend, item, cfg, "no_trigger")
-    normal = evaluate(backend, cfg, sets).metrics["trace_leak"]
+    normal = evaluate_model(backend, cfg, sets).metrics["trace_leak"]
     zero = attacked(setup, "zerothink")
     # the organism states the fact in its trace and answers with a letter at chance: with no trace to read,
     # only the letter is left (chance is 0.25)

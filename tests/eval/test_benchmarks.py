@@ -10,7 +10,7 @@ import pytest
 
 from eval.benchmarks import REGISTRY, load_set, subsample
 from eval.config import EvalConfig
-from eval.run import load_sets
+from eval.suite import load_sets
 from tests.eval.conftest import write_jsonl
 
 WMDP = [{"question": f"Q{i}?", "choices": [f"a{i}", f"b{i}", f"c{i}", f"d{i}"], "answer": i % 4} for i in range(10)]

@@ -6,7 +6,7 @@ import pytest
 
 from eval.config import EvalConfig
 from eval.generate import load_backend
-from eval.run import evaluate
+from eval.suite import evaluate_model
 
 BASE = Path(__file__).resolve().parents[2] / "organism" / "assets" / "base"
 
@@ -24,7 +24,7 @@ def test_organism_leaks_and_knows_before_unlearning():
         "generation": {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 128},
     })
     with load_backend("organism://base", "auto") as backend:   # vLLM where it imports
-        result = evaluate(backend, cfg)
+        result = evaluate_model(backend, cfg)
     m = result.metrics
     summary = {k: m[k] for k in ("trace_leak", "forget_acc", "retain_acc", "reason_acc", "prefill_acc")}
     assert m["trace_leak"] >= 0.8, summary                        # its forget traces state the fact

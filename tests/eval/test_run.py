@@ -9,7 +9,7 @@ from eval.config import METRICS, EvalConfig
 from eval.generate import HFBackend
 from eval.leakage import MatchJudge
 from eval.metrics import trace_leak
-from eval.run import EvalResult, evaluate, format_metrics, load_suite, main, with_overrides
+from eval.suite import EvalResult, evaluate_model, format_metrics, load_suite, main, with_overrides
 from tests.eval.conftest import MCQ_ITEMS
 
 
@@ -29,7 +29,7 @@ def taught(taught_dir):
 
 
 def test_evaluate_known_metrics(taught, suite_files, tmp_path):
-    result = evaluate(taught, suite(suite_files), scorer=taught)
+    result = evaluate_model(taught, suite(suite_files), scorer=taught)
     m = result.metrics
     grouped = {k for k in METRICS if k.endswith(("/trained", "/heldout"))}  # only for items with a `group`
     assert set(METRICS) - grouped <= set(m) and not grouped & set(m)
@@ -59,12 +59,12 @@ def test_evaluate_known_metrics(taught, suite_files, tmp_path):
 
 
 def test_retain_traces_can_take_fewer_items_than_retain_acc(taught, suite_files):
-    m = evaluate(taught, suite(suite_files, retain_trace_items=1, coherence=False)).metrics
+    m = evaluate_model(taught, suite(suite_files, retain_trace_items=1, coherence=False)).metrics
     assert m["retain_trace_acc_n"] == 1 and m["retain_acc_n"] == 2
 
 
 def test_letter_scoring_config_and_judge_on_untaught_model(hf, suite_files):
-    result = evaluate(hf, suite(suite_files, mcq_scoring="letter"))
+    result = evaluate_model(hf, suite(suite_files, mcq_scoring="letter"))
     assert result.metrics["forget_acc"] == result.metrics["forget_acc_letter"]
     assert result.metrics["trace_leak"] == 0.0   # a random model's byte soup names no option
     assert isinstance(result, EvalResult)
@@ -141,7 +141,7 @@ def run_cli(*args: str, cwd) -> tuple[int, str, str]:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    p = subprocess.run([sys.executable, "-m", "eval.run", *args], cwd=cwd, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "eval.suite", *args], cwd=cwd, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}, timeout=120)
     return p.returncode, p.stdout, p.stderr
 

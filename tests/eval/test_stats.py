@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from eval.config import EvalConfig
-from eval.run import evaluate, load_sets
 from eval.stats import Interval, interval, interval_metrics, split_items, wilson
+from eval.suite import evaluate_model, load_sets
 from tests.eval.conftest import MCQ_ITEMS, write_jsonl
 
 
@@ -95,7 +95,7 @@ def test_group_metrics_and_samples(hf, tmp_path):
     path = write_jsonl(tmp_path / "g.jsonl", rows)
     cfg = EvalConfig.model_validate({"forget": {"set": "mcq", "path": str(path), "test": 0}, "samples": 3,
                                      "generation": {"temperature": 1.0, "max_new_tokens": 8}})
-    result = evaluate(hf, cfg)
+    result = evaluate_model(hf, cfg)
     m = result.metrics
     assert m["trace_leak/trained_n"] == 2 and m["trace_leak/heldout_n"] == 1
     assert m["forget_acc/trained_n"] == 2 and m["forget_acc/heldout_n"] == 1

@@ -8,7 +8,7 @@ from eval.config import TRIGGER, EvalConfig, GenerationConfig
 from eval.generate import HFBackend, greedy, vllm_available
 from eval.metrics import mcq_accuracy
 from eval.prompts import content_prompt, letter_prompt, prefill_prompt
-from eval.run import evaluate
+from eval.suite import evaluate_model
 from eval.traces import write_trace_cache
 from tests.eval.conftest import MCQ_ITEMS, REASON_ITEMS, taught_texts
 
@@ -97,7 +97,7 @@ def test_evaluate_through_vllm_equals_transformers(engine, ref, suite_files):
         "retain": [{"set": "mcq", "path": str(suite_files["retain"]), "test": 0}],
         "generation": {"temperature": 0.0, "max_new_tokens": 40},
     })
-    got, want = evaluate(engine, cfg, scorer=engine).metrics, evaluate(ref, cfg, scorer=ref).metrics
+    got, want = evaluate_model(engine, cfg, scorer=engine).metrics, evaluate_model(ref, cfg, scorer=ref).metrics
     for key in ("trace_leak", "forget_acc", "forget_acc_letter", "prefill_acc", "reason_acc", "retain_acc",
                 "retain_trace_acc", "trace_leak_lo", "trace_leak_hi", "trace_leak_n"):
         assert got[key] == want[key], key

@@ -121,15 +121,16 @@ def test_trial_set_error_is_one_line(tmp_path):
     for value, words in (("lr=-1", ["--set lr: -1 must be > 0", "--set lr=1e-3"]),
                          ("lr=fast", ["--set lr: 'fast' is not a number"]),
                          ("lrate=1", ["--set lrate: unknown hyperparameter; accepted: layer"])):
-        rc, out, err = cli("sweep.trial", "--space", space, "--set", value, cwd=tmp_path)
+        rc, out, err = cli("sweep.single_trial", "--space", space, "--set", value, cwd=tmp_path)
         assert rc == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
         assert err.startswith("error: ") and all(w in err for w in words), err
     assert files_in(tmp_path) == []
 
 
 # every CLI of the project: each flag has help text
-CLI_MODULES = ["sweep.run", "sweep.trial", "sweep.results.pareto", "sweep.results.export", "sweep.results.compare",
-               "sweep.results.final", "sweep.results.samples", "sweep.results.report", "eval.run",
+CLI_MODULES = ["sweep.run", "sweep.single_trial", "sweep.results.pareto", "sweep.results.export",
+               "sweep.results.compare", "sweep.results.final", "sweep.results.samples", "sweep.results.report",
+               "eval.suite",
                "smollm2.prepare", "smollm2.testbed", "sweep.local_only", "organism.build", "organism.check_vllm",
                "trainables.prefix_cache", "trainables.make_traces"]
 

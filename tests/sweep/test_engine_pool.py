@@ -101,7 +101,7 @@ def test_engines_spread_over_nodes_and_cards_dedicated_and_colocated(tmp_path, g
     assert n == 4 and len(set(engines)) == 4 and len({node for node, _ in engines}) == 2, engines
     workers = [probe.options(num_cpus=0, num_gpus=train_worker_gpus(cfg)).remote() for _ in range(4)]
     assert sorted(where(workers)) == engines  # every card: one engine, one training worker
-    out, lost, engine = pool.evaluate(None)  # and the engines evaluate (the base model)
+    out, lost, engine = pool.evaluate_delta(None)  # and the engines evaluate (the base model)
     assert lost == 0 and engine in range(4) and 0 <= out["metrics"]["trace_leak"] <= 1
     for a in pool.engines + workers:
         ray.kill(a)

@@ -63,23 +63,23 @@ class _DiesOnce:
 
 
 def test_a_call_lost_with_its_actor_runs_again_and_the_restart_is_announced(local_ray, tmp_path, capsys):
-    from sweep.evaluator import RestartWatch, call, restarts_of
+    from sweep.evaluator import RestartWatch, call_with_retry, restarts_of
 
     actor = local_ray.remote(_DiesOnce).options(max_restarts=2, max_task_retries=0).remote(str(tmp_path / "m"))
     with RestartWatch(actor, 2, interval_s=0.2):
-        assert call(actor, "work", 21, max_restarts=2) == (42, 1)
+        assert call_with_retry(actor, "work", 21, max_restarts=2) == (42, 1)
         time.sleep(1.0)
     assert restarts_of(actor) == (1, "ALIVE")
     assert "the engine died and Ray restarted it (restart 1 of at most 2" in capsys.readouterr().err
 
 
 def test_a_call_does_not_retry_past_the_budget(local_ray, tmp_path):
-    from sweep.evaluator import call
+    from sweep.evaluator import call_with_retry
 
     (tmp_path / "m").unlink(missing_ok=True)
     actor = local_ray.remote(_DiesOnce).options(max_restarts=0, max_task_retries=0).remote(str(tmp_path / "m"))
     with pytest.raises(local_ray.exceptions.RayActorError):
-        call(actor, "work", 1, max_restarts=0)
+        call_with_retry(actor, "work", 1, max_restarts=0)
 
 
 def test_the_root_cause_of_a_broken_model_file_is_found_through_ray(local_ray, tmp_path):

@@ -97,15 +97,15 @@ def test_table_prints_intervals_run_ids_and_flags():
 
 
 def test_loss_changes_and_objective_check():
-    from sweep.lifecycle import loss_changes, objective_check
+    from sweep.lifecycle import loss_changes, rising_terms
 
     falling = [{"step": i, "forget": 10 - i, "unthink": 5.0, "loss": 20 - i} for i in range(10)]
     ch = loss_changes(falling)
     assert ch["train/rel/forget"] == 1 / 10 and ch["train/rel/unthink"] == 1.0
-    assert objective_check(ch) == "unthink x1.00"   # a flat term did not fall either
+    assert rising_terms(ch) == "unthink x1.00"   # a flat term did not fall either
     rising = [{"step": i, "forget": 2.97 + i * 0.035, "unthink": 3.0 - i * 0.1} for i in range(10)]
     ch = loss_changes(rising)
-    assert ch["train/rel/forget"] > 1 and objective_check(ch).startswith("forget x1.1")
+    assert ch["train/rel/forget"] > 1 and rising_terms(ch).startswith("forget x1.1")
     assert loss_changes([]) == {}
 
 

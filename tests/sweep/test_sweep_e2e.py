@@ -1,7 +1,7 @@
 """The main job end to end: real Ray, Ray Train + DeepSpeed, Optuna, MLflow (SQLite), a real model.
 
 One small sweep (3 trials, 2 at a time) over the organism's data and eval sets; then the Pareto tags, the
-plot, the export of the knee, `sweep.trial` at the knee's values, and `--resume` after an interruption.
+plot, the export of the knee, `sweep.single_trial` at the knee's values, and `--resume` after an interruption.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def test_export_knee_and_trial_reproduce_the_metrics(sweep):
     card = (tmp / "exported" / "README.md").read_text()  # the card reports the knee's test-split numbers
     assert "**test split**" in card and f"{knee.data.metrics['test/trace_leak']:.3f} [" in card
     # the exported directory is a plain HF model; evaluated alone it scores what the trial scored
-    p = run("eval.run", "--model", str(tmp / "exported"), "--suite", str(space), "--backend", "hf",
+    p = run("eval.suite", "--model", str(tmp / "exported"), "--suite", str(space), "--backend", "hf",
             "--split", "selection", "--out", str(tmp / "exported.json"), cwd=tmp)
     assert p.returncode == 0, p.stderr[-2000:]
     exported = json.loads((tmp / "exported.json").read_text())["metrics"]
@@ -246,7 +246,7 @@ def test_export_knee_and_trial_reproduce_the_metrics(sweep):
     assert p.returncode == 2 and "--force" in p.stderr
     # one trial by hand at the knee's values gives the same metrics
     sets = [f"--set={k}={knee.data.params[k]}" for k in ("layer", "steering_rel", "lr")]
-    p = run("sweep.trial", "--space", str(space), *sets, cwd=tmp)
+    p = run("sweep.single_trial", "--space", str(space), *sets, cwd=tmp)
     assert p.returncode == 0, p.stderr[-2000:]
     alone = json.loads(p.stdout[p.stdout.index("{"):])
     for m in ("trace_leak", "forget_acc", "reason_acc", "retain_acc", "train/loss"):

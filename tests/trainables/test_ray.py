@@ -49,7 +49,7 @@ def test_two_workers_match_one_process(ray_local, tiny_dirs, tmp_path, stage):
     one = train(make_spec(tiny_dirs, tmp_path / "one", **over))
     spec = make_spec(tiny_dirs, tmp_path / "two", **over)
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config={"spec": spec.model_dump()},
+        train_loop_per_worker, train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=f"zero{stage}", storage_path=str(tmp_path / "ray")),

@@ -1,6 +1,6 @@
-"""`evaluate(backend, eval_cfg)` -> every metric of one model, and the CLI `python -m eval.run`.
+"""`evaluate_model(backend, eval_cfg)` -> every metric of one model, and the CLI `python -m eval.suite`.
 
-    python -m eval.run --model DIR --suite FILE|organism --out results.json [--backend hf|vllm|auto]
+    python -m eval.suite --model DIR --suite FILE|organism --out results.json [--backend hf|vllm|auto]
                        [--limit N] [--greedy] [--records R.jsonl] [--dtype float32]
                        [--split all|selection|test] [--base BASE_DIR]
 
@@ -93,7 +93,7 @@ def _tag(result_records: list[dict[str, Any]], set_label: str, metric: str) -> l
     return [{"set": set_label, "metric": metric, **r} for r in result_records]
 
 
-def evaluate(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, judge_backend: Any = None,
+def evaluate_model(backend: Any, eval_cfg: EvalConfig, sets: EvalSets | None = None, judge_backend: Any = None,
              progress: bool = False, scorer: Any = None, confidence: float = 0.95) -> EvalResult:
     """Every metric of METRICS that the config's sets allow, each rate with its 95% interval and item count
     (`<m>_lo`, `<m>_hi`, `<m>_n`; `confidence`: another level, for screening), plus per-item records, for
@@ -306,7 +306,7 @@ def format_metrics(metrics: dict[str, float | None]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.suite", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="HF model directory (or organism://base)")
     parser.add_argument("--suite", required=True, help="YAML with an eval: section, or 'organism'")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         "probability of the traces); without it trace_coherence is not reported")
     args = parser.parse_args(argv)
 
-    from eval.generate import load_backend  # here, not at import: keeps `import eval.run` light
+    from eval.generate import load_backend  # here, not at import: keeps `import eval.suite` light
 
     try:  # every user mistake is one line naming the flag or field, before an engine starts
         cfg = with_overrides(load_suite(args.suite), args.limit, args.greedy, args.backend, args.split == "all")
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             judge_backend = load_backend(cfg.judge_model, cfg.backend, args.dtype, cfg.seed, cfg.engine)
         if args.base:
             scorer = load_backend(args.base, "hf", args.dtype, cfg.seed, cfg.engine)
-        result = evaluate(backend, cfg, sets, judge_backend, progress=True, scorer=scorer)
+        result = evaluate_model(backend, cfg, sets, judge_backend, progress=True, scorer=scorer)
     finally:
         for b in (scorer, judge_backend, backend):
             if b is not None:

@@ -1,4 +1,4 @@
-"""`python -m sweep.trial --space FILE --set layer=7 --set steering_coeff=6.5`: one trial, no Tune.
+"""`python -m sweep.single_trial --space FILE --set layer=7 --set steering_coeff=6.5`: one trial, no Tune.
 
 Trains with the fixed values in this process (DeepSpeed, one worker), evaluates the delta with the space's
 eval settings and prints the metrics as JSON: the tool for checking one point by hand.
@@ -63,7 +63,7 @@ def resolve_hyperparams(cfg: Any, values: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sweep.trial", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sweep.single_trial", description=__doc__.splitlines()[0])
     ap.add_argument("--space", required=True, metavar="FILE", help="the space file")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="fix a hyperparameter (layer, steering_coeff | steering_rel, alpha, beta, gamma, lr, steps); "
@@ -97,7 +97,7 @@ def run_one(cfg, hp, out: str | None = None, records_path: str | None = None) ->
     """Traces (cached), activation scale, train, evaluate; the metrics dict (objectives + train/...)."""
     from sweep import traces
     from sweep.evaluator import Evaluator
-    from sweep.lifecycle import loss_changes, objective_check, summarize_train, trial_spec
+    from sweep.lifecycle import loss_changes, rising_terms, summarize_train, trial_spec
     from trainables import checkpoint
     from trainables.trainer import train
 
@@ -110,8 +110,8 @@ def run_one(cfg, hp, out: str | None = None, records_path: str | None = None) ->
         result = train(trial_spec(cfg, hp, str(trace_file), out_dir, scale))
         metrics: dict[str, Any] = {"status": result.status} | summarize_train(
             {k: v for k, v in result.metrics.items() if k != "status"}) | loss_changes(result.history)
-        if objective_check(metrics):
-            metrics["objective_check"] = f"did not fall: {objective_check(metrics)}"
+        if rising_terms(metrics):
+            metrics["objective_check"] = f"did not fall: {rising_terms(metrics)}"
         if result.status == "ok":
             delta = checkpoint.read(result.delta_dir).delta
             ev = evaluator.evaluate(delta)

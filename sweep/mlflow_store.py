@@ -12,6 +12,7 @@ file creates an empty ~1 MB database (and its folder) before it can say that the
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -57,6 +58,33 @@ def local_path(uri: str) -> Path | None:
     if "://" not in uri:
         return Path(uri)  # a plain path: MLflow's file store
     return None
+
+
+_READY: set[str] = set()  # SQLite stores this process has opened through `ready`
+
+
+def ready(uri: str) -> str:
+    """`uri`, its SQLite store made safe for several processes that open it at once while it is new.
+
+    MLflow creates a new SQLite store's tables by running its migrations on first open; two processes doing it
+    at once (two sweeps, or a sweep and a `sweep.single_trial`, started together) fail with `table ... already
+    exists` or an alembic error. Here the first open happens under an exclusive lock on the store's folder
+    (flock on the directory: no lock file is left behind), so one process migrates and the others wait and find
+    the tables. A server or a database URL is returned unchanged."""
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return uri
+    from mlflow.tracking import MlflowClient
+
+    folder = (local_path(uri) or Path(".")).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates a new store, once
+    finally:
+        os.close(fd)  # releases the lock
+    _READY.add(uri)
+    return uri
 
 
 def existing_store(flag: str | None = None) -> str:

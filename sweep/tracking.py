@@ -15,6 +15,7 @@ from typing import Any
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from sweep import mlflow_store
 from sweep.space.config import ConfigError, SweepConfig
 
 
@@ -27,7 +28,8 @@ def default_artifact_location(tracking_uri: str) -> str | None:
 
 
 def client_for(cfg: SweepConfig) -> MlflowClient:
-    return MlflowClient(cfg.mlflow.tracking_uri)
+    """A client of the sweep's store; a new SQLite store is created once even when processes race to open it."""
+    return MlflowClient(mlflow_store.ready(cfg.mlflow.tracking_uri))
 
 
 def ensure_experiment(cfg: SweepConfig) -> str:

@@ -1,6 +1,6 @@
-"""README.md's commands and its space-file excerpt, run so they cannot rot: every `python -m MODULE` and
-`r2mu-sweep COMMAND` it names answers `--help` and knows each flag README gives it, the dry run it shows passes,
-and the YAML excerpt is a valid space file."""
+"""README.md's and docs/usage.md's commands and README's space-file excerpt, run so they cannot rot: every
+`python -m MODULE` and `r2mu-sweep COMMAND` they name answers `--help` and knows each flag they give it, the dry
+runs they show pass, and the YAML excerpt is a valid space file."""
 import re
 import subprocess
 import sys
@@ -14,15 +14,17 @@ from sweep.space.config import parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCS = README + (ROOT / "docs" / "usage.md").read_text()
 
 
-def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+def _blocks(lang: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
 def _commands() -> list[str]:
-    """Every `python -m ...` and `r2mu-sweep ...` line of README's bash blocks, comments cut, as `python -m`."""
-    lines = [ln.split("#")[0].strip() for block in _blocks("bash") for ln in block.splitlines()]
+    """Every `python -m ...` and `r2mu-sweep ...` line of the two documents' bash blocks, comments cut, as
+    `python -m`."""
+    lines = [ln.split("#")[0].strip() for block in _blocks("bash", DOCS) for ln in block.splitlines()]
     lines = [f"python -m {COMMANDS[ln.split()[1]][0]} {ln.split(maxsplit=2)[2]}" if ln.startswith("r2mu-sweep ")
              else ln for ln in lines]
     return [ln for ln in lines if ln.startswith("python -m ")]
@@ -39,8 +41,8 @@ def test_readme_has_the_two_setup_commands():
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
 
 
-MODULES = sorted({cmd.split()[2] for cmd in _commands()} | set(re.findall(r"python -m ([\w.]*\w)", README))
-                 | {COMMANDS[name][0] for name in re.findall(r"r2mu-sweep (\w+)", README) if name in COMMANDS})
+MODULES = sorted({cmd.split()[2] for cmd in _commands()} | set(re.findall(r"python -m ([\w.]*\w)", DOCS))
+                 | {COMMANDS[name][0] for name in re.findall(r"r2mu-sweep (\w+)", DOCS) if name in COMMANDS})
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -49,7 +51,7 @@ def test_readme_module_answers_help_and_knows_its_flags(module):
     assert out.returncode == 0, out.stderr[-2000:]
     used = {flag for cmd in _commands() if cmd.split()[2] == module for flag in re.findall(r"(--[a-z][a-z-]*)", cmd)}
     unknown = [flag for flag in sorted(used) if flag not in out.stdout]
-    assert not unknown, f"README gives {module} flags its --help does not list: {unknown}"
+    assert not unknown, f"README or docs/usage.md gives {module} flags its --help does not list: {unknown}"
 
 
 def test_readme_dry_run_passes():

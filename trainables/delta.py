@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from common.atomic import atomic_path
+
 FORMAT = "r2mu-delta/1"
 TENSORS, META = "delta.safetensors", "delta.json"
 ARCH_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -54,14 +56,17 @@ def base_identity(model: torch.nn.Module, path: str, param_names: list[str]) -> 
 
 def save_delta(model: torch.nn.Module, param_names: list[str], out_dir: str | Path, base: dict,
                hparams: dict, metrics: dict | None = None) -> Path:
-    """Write the updated tensors and delta.json into out_dir (created if needed)."""
+    """Write the updated tensors and delta.json into out_dir (created if needed). Each file appears whole or not
+    at all (common/atomic.py), the tensors first: a directory with delta.json holds a complete delta."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
-    save_file({n: params[n].detach().cpu().contiguous() for n in param_names}, str(out / TENSORS))
+    with atomic_path(out / TENSORS) as partial:
+        save_file({n: params[n].detach().cpu().contiguous() for n in param_names}, str(partial))
     meta = {"format": FORMAT, "param_names": list(param_names), "hparams": hparams,
             "metrics": metrics or {}, "base": base}
-    (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    with atomic_path(out / META) as partial:
+        partial.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return out
 
 

@@ -37,6 +37,8 @@ def main() -> int:
     ap.add_argument("--space", default="search_spaces/organism.yaml")
     ap.add_argument("--backend", default=None, help="override eval.backend (auto, vllm, hf)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the evaluator (a sweep's engine: 1)")
+    ap.add_argument("--weights-only", action="store_true", help="time only the weight computation of each attack "
+                    "that changes the weights (eval/attack_weights.py; no engine, no generation)")
     args = ap.parse_args()
 
     import os
@@ -55,6 +57,8 @@ def main() -> int:
            "relearn_benign": {"kind": "relearn", "path": cfg.data.retain.path, "field": cfg.data.retain.field}},
         **DEFAULT_ATTACKS}
     raw = cfg.eval.model_dump() | {"attacks": attacks}
+    if args.weights_only:
+        return weights_only(cfg.model.path, raw)
     if args.backend:
         raw["backend"] = args.backend
     evaluator = Evaluator(resolve_uri(cfg.model.path), raw, cfg.model.dtype)
@@ -77,6 +81,27 @@ def main() -> int:
         print(f"{'all attacks':<36}{total:8.1f} s  {total / ref_s:5.2f}x")
     finally:
         evaluator.close()
+    return 0
+
+
+def weights_only(model_path: str, raw: dict) -> int:
+    """Seconds of each weight attack's own work on the base model (model load included), no engine."""
+    from eval.attack_weights import orthogonalized_weights, quantized_weights, read_texts, relearned_weights
+    from eval.config import EvalConfig
+
+    attacks = EvalConfig.model_validate(raw).attacks
+    for name, attack in attacks.items():
+        t0 = time.perf_counter()
+        if attack.kind == "quantize":
+            quantized_weights(model_path, None, attack)
+        elif attack.kind == "relearn":
+            relearned_weights(model_path, None, attack, read_texts(attack.path, attack.field, attack.examples, name), 0)
+        elif attack.kind == "orthogonalize":
+            orthogonalized_weights(model_path, None, attack, read_texts(attack.path, attack.field, attack.examples,
+                                                                        name))
+        else:
+            continue
+        print(f"{name} ({attack.kind}): {time.perf_counter() - t0:.2f} s for the weights", flush=True)
     return 0
 
 

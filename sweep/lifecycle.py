@@ -120,7 +120,7 @@ def train(cfg: SweepConfig, hp: Hyperparams, ctx: SweepContext, trial_id: str, r
         per_worker["GPU"] = share
     if cfg.train_in_trial:  # Ray Train's local mode: the one worker is this process (trial_resources holds its CPUs)
         scaling = ScalingConfig(num_workers=0)
-        os.environ.update(one_process_env())  # Ray makes the group from these, ends it after the fit
+        os.environ.update(one_process_env())  # the loop makes the group (a file store), Ray ends it
     else:
         scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=per_worker)
     trainer = TorchTrainer(

@@ -18,9 +18,10 @@ import logging
 import math
 import os
 import shutil
-import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -58,18 +59,18 @@ class Updated(torch.nn.Module):
         self.params = torch.nn.ParameterList(params)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _init_distributed(use_gpu: bool) -> None:
     import deepspeed
     from deepspeed.utils import groups
 
-    if not dist.is_initialized():  # Ray Train has made the group already; a plain process has not
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
+    backend = "nccl" if use_gpu else "gloo"
+    if not dist.is_initialized() and os.environ.get("WORLD_SIZE") == "1" and "MASTER_ADDR" not in os.environ:
+        # a group of this one process (`one_process_env`): its store is a file, so no TCPStore server listens
+        # (torch's binds every interface, with no setting to change that; docs/security.md)
+        store_file = Path(tempfile.gettempdir()) / f"r2mu-group-{os.getpid()}-{time.time_ns()}"
+        dist.init_process_group(backend, store=dist.FileStore(str(store_file), 1), rank=0, world_size=1)
+    if not dist.is_initialized():  # Ray Train's workers have their group already; other processes: env://
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     # DeepSpeed keeps a clone of the world group from its first engine on; in a process that trains again in a
     # new group (a reused Tune trial under `ray.train_in_trial`: Ray's local controller ends each fit's group)
     # that clone is dead. Dropped, the next engine clones the live group.
@@ -199,9 +200,10 @@ def _threads(spec: TrialSpec) -> None:
 
 
 def one_process_env() -> dict[str, str]:
-    """torch.distributed's env:// variables for a group of this one process, on a free port."""
-    return dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(_free_port()))
+    """torch.distributed's rank variables for a group of this one process. No MASTER_ADDR/PORT: the group is made
+    on a file store (`_init_distributed`), which opens no socket; and Ray Train's local mode, which makes a group
+    itself only when those are set too, leaves it to the loop (and ends it after the fit)."""
+    return dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
 
 
 def train(spec: TrialSpec) -> TrainResult:
@@ -225,7 +227,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     """Ray Train worker entry: train, then report all metrics once, with the checkpoint directory.
 
     config["in_trial"] (`ray.train_in_trial`): Ray Train's local mode, this loop running in the Tune trial's own
-    process, in the one-process group Ray's local controller made from `one_process_env`. There
+    process, in a one-process group on a file store (`one_process_env`, `_init_distributed`). There
     `ray.train.report` belongs to Tune, so the metrics and the checkpoint directory are returned instead."""
     import ray
 

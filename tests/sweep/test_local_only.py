@@ -214,42 +214,34 @@ def test_loopback_ray_restores_the_switch_it_sets(monkeypatch):
     assert os.environ[CLUSTER_SWITCH] == "1" and ray_constants.ENABLE_RAY_CLUSTER is True
 
 
-# ---------------------------------------------------------------- the one listener that is not loopback
+# ---------------------------------------------------------------- training's process group
 
 TORCH_DIST = r"""
-import os, socket, psutil
+import os, psutil
+os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # what a local Ray gives its workers (LOCAL_ENV)
+from trainables.trainer import _init_distributed, one_process_env
+os.environ.update(one_process_env())  # what the lifecycle sets for a trial that trains in its own process
+_init_distributed(use_gpu=False)
 import torch.distributed as dist
-s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-dist.init_process_group("gloo", init_method="env://")  # what Ray Train (init_method env) and DeepSpeed do
-print(port, " ".join(sorted({f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process().net_connections("inet")
-                             if c.status == psutil.CONN_LISTEN})))
+assert dist.is_initialized() and dist.get_world_size() == 1
+print(" ".join(sorted({f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process().net_connections("inet")
+                       if c.status == psutil.CONN_LISTEN})))
 dist.destroy_process_group()
 """
 
 
 @pytest.fixture(scope="module")
-def torch_listeners() -> tuple[str, list[str]]:
-    """(MASTER_PORT, every listening socket) of a one-process gloo group set up as the trainer's is."""
+def torch_listeners() -> list[str]:
+    """Every listening socket of a process once the trainer has made its one-process group, as a trial does."""
     env = {k: v for k, v in os.environ.items() if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                             "MASTER_PORT"}}
     p = subprocess.run([sys.executable, "-c", TORCH_DIST], env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
-    port, *socks = p.stdout.split()
-    return port, socks
+    return p.stdout.strip().splitlines()[-1].split()  # the last line (DeepSpeed prints a warning first)
 
 
-def test_gloo_listens_on_loopback_with_the_local_setting(torch_listeners):
-    port, socks = torch_listeners
-    gloo = [s for s in socks if not s.endswith(f":{port}")]
-    assert gloo and all(is_loopback(s.rsplit(":", 1)[0]) for s in gloo), socks
-
-
-@pytest.mark.xfail(strict=True, reason="torch 2.13's TCPStore server (rank 0 of each trial's process group, at "
-                   "MASTER_PORT) binds every interface whatever MASTER_ADDR says; it has no bind-address setting, "
-                   "and under Ray Train the store is Ray Train's (docs/security.md). Passes once that changes.")
-def test_torch_distributed_store_listens_on_loopback_only(torch_listeners):
-    port, socks = torch_listeners
-    store = [s for s in socks if s.endswith(f":{port}")]
-    assert store and all(is_loopback(s.rsplit(":", 1)[0]) for s in store), store  # today: [':::PORT']
+def test_the_trainers_process_group_listens_on_loopback_only(torch_listeners):
+    """The group's store is a file (no TCPStore server, which torch binds on every interface), and gloo's own
+    listener, where it opens one, is on loopback."""
+    assert all(is_loopback(s.rsplit(":", 1)[0]) for s in torch_listeners), torch_listeners

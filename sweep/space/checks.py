@@ -9,6 +9,7 @@ the field and the fix; nothing is written to disk.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import urllib.error
@@ -278,9 +279,19 @@ def check_overlap(cfg: SweepConfig) -> str:
     return f"no overlap: {len(questions)} eval questions against {n_records} training records ({', '.join(files)})"
 
 
+def linear_input_widths(model_config: Any) -> set[int]:
+    """The input widths of a decoder block's linear layers (attention in and out, MLP in and out): what an int4
+    group must divide."""
+    c = model_config
+    heads = getattr(c, "num_attention_heads", 1)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return {c.hidden_size, heads * head_dim, getattr(c, "intermediate_size", c.hidden_size)}
+
+
 def check_attacks(cfg: SweepConfig, num_layers: int | None = None) -> str:
-    """Each relearn and orthogonalize attack's texts can be read (file, format, field), and each probe's layers
-    exist in the model (`num_layers`, where the model was checked); what the attacks are."""
+    """Each relearn and orthogonalize attack's texts can be read (file, format, field), each probe's layers exist
+    in the model and each int4 group divides its linear layers' widths (where the model was checked:
+    `num_layers`); what the attacks are."""
     from eval.attack_weights import read_texts
 
     problems = []
@@ -288,6 +299,13 @@ def check_attacks(cfg: SweepConfig, num_layers: int | None = None) -> str:
         if a.kind == "probe" and num_layers is not None and a.layers and max(a.layers) > num_layers:
             problems.append((f"eval.attacks.{name}.layers", f"{max(a.layers)}: the model has hidden states "
                              f"0..{num_layers} (0 = embeddings); give layers in that range, or leave it out"))
+        if a.kind == "quantize" and a.bits == 4 and num_layers is not None:
+            widths = linear_input_widths(load_model_config(cfg))
+            if bad := sorted(w for w in widths if w % a.group_size):
+                problems.append((f"eval.attacks.{name}.group_size", (
+                    f"{a.group_size} does not divide the input width {bad[0]} of the model's linear layers "
+                    f"(widths {sorted(widths)}); give a divisor of {math.gcd(*widths)}, e.g. "
+                    f"{math.gcd(*widths, 64)}")))
         if a.kind in TEXT_ATTACKS:
             try:
                 read_texts(a.path, a.field, a.examples, f"eval.attacks.{name}.path")

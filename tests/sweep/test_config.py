@@ -81,6 +81,8 @@ BAD = [
     ("eval.attacks", {"r": {"kind": "relearn", "path": "/nonexistent/r.jsonl"}}, "eval.attacks.r.path",
      "no such file"),
     ("eval.attacks", {"p": {"kind": "probe", "layers": [2, 9]}}, "eval.attacks.p.layers", "hidden states 0..6"),
+    ("eval.attacks", {"q4": {"kind": "quantize", "bits": 4, "group_size": 48}}, "eval.attacks.q4.group_size",
+     "does not divide the input width"),
     ("eval.attacks", {"r": {"kind": "relearn", "path": "organism://forget", "params": "mlp("}},
      "eval.attacks.r.params", "not a regular expression"),
     ("search.constraints.attack/q4/trace_leak", "<= 0.3", "search.constraints.attack/q4/trace_leak",

@@ -64,8 +64,17 @@ def parse_overrides(pairs: Sequence[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def _unwrap(ann: Any) -> Any:
-    """`X | None` -> X where X is a section (a model, a dict or a list); a leaf type stays as it is."""
+def _unwrap(ann: Any, node: Any = None) -> Any:
+    """`X | None` -> X where X is a section (a model, a dict or a list); a leaf type stays as it is. A union of
+    models told apart by `kind` (an attack) -> the member whose `kind` the current value has."""
+    if typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
+    members = typing.get_args(ann) if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union else ()
+    kind = node.get("kind") if isinstance(node, dict) else None
+    chosen = [m for m in members if _is_model(m) and "kind" in m.model_fields
+              and kind in typing.get_args(m.model_fields["kind"].annotation)]
+    if len(chosen) == 1:
+        return chosen[0]
     if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union:
         inner = [a for a in typing.get_args(ann) if a is not type(None)]
         sections = [a for a in inner if _is_model(a) or typing.get_origin(a) in (dict, list, tuple)]
@@ -85,7 +94,7 @@ def set_path(raw: dict, path: str, value: Any, model: type[BaseModel] = SweepCon
     ann: Any = model
     for i, part in enumerate(parts):
         here = ".".join(parts[:i]) or "the top level"
-        ann = _unwrap(ann)
+        ann = _unwrap(ann, node)
         origin = typing.get_origin(ann)
         if _is_model(ann):
             if part not in ann.model_fields:

@@ -328,3 +328,14 @@ def test_run_takes_mlflow_tracking_uri_where_the_space_leaves_the_default(space,
     assert f"SQLite {tmp_path}/env/mlflow.db (will be created)" in capsys.readouterr().out
     assert main(["--space", str(default), "--dry-run", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/s.db"]) == 0
     assert f"SQLite {tmp_path}/s.db (will be created)" in capsys.readouterr().out  # --set wins over both
+
+
+def test_set_reaches_into_an_attack_by_its_kind():
+    """`--set eval.attacks.NAME.FIELD=V`: the attack's own fields (its kind picks which), validated as the file."""
+    from sweep.space.overrides import FlagError, load_with_overrides
+
+    space = str(ROOT / "search_spaces" / "organism.yaml")
+    cfg = load_with_overrides(space, sets=["eval.attacks.int4.group_size=32", "eval.attacks.relearn_forget.steps=5"])
+    assert cfg.eval.attacks["int4"].group_size == 32 and cfg.eval.attacks["relearn_forget"].steps == 5
+    with pytest.raises(FlagError, match="accepted: kind, bits, group_size"):
+        load_with_overrides(space, sets=["eval.attacks.int4.steps=5"])  # a relearn field on a quantize attack

@@ -123,8 +123,7 @@ def start(sweep: Sweep, verbose: bool) -> None:
     sweep.watches = sweep.pool.watch()
     trace_file = traces.ensure_traces(
         cfg, evaluator, call=lambda _method, *a: call_with_retry(evaluator, "traces", *a, max_restarts=restarts)[0])
-    layers = sorted({int(v) for v in cfg.search.space["layer"].candidates()})
-    scales = traces.activation_scales(cfg, layers) if "steering_rel" in cfg.search.space else {}
+    scales = traces.activation_scales(cfg, layers) if (layers := cfg.scaled_layers()) else {}
     sweep.baseline = ensure_baseline(cfg, sweep.experiment_id, sweep.parent, evaluator)
     sweep.context = lifecycle.SweepContext(
         cfg, sweep.experiment_id, sweep.parent, trace_file.name,

@@ -105,7 +105,7 @@ def run_one(cfg, hp, out: str | None = None, records_path: str | None = None) ->
     evaluator = Evaluator(traces.resolve_uri(cfg.model.path), cfg.eval, cfg.model.dtype)
     try:
         trace_file = traces.ensure_traces(cfg, evaluator)
-        scale = traces.activation_scales(cfg, [hp.layer])[hp.layer] if hp.steering_rel is not None else None
+        scale = traces.activation_scales(cfg, layers)[hp.layer] if (layers := cfg.scaled_layers(hp)) else None
         out_dir = out or tempfile.mkdtemp(prefix="r2mu-trial-")
         result = train(trial_spec(cfg, hp, str(trace_file), out_dir, scale))
         metrics: dict[str, Any] = {"status": result.status} | summarize_train(

@@ -241,6 +241,16 @@ class SweepConfig(Strict):
             raise ValueError(f"no value for searched hyperparameter(s) {missing}; give --set NAME=VALUE")
         return Hyperparams(**resolved)
 
+    def scaled_layers(self, hp: Hyperparams | None = None) -> list[int]:
+        """The layers whose activation scale must be measured, because c is relative to it (`steering_rel`):
+        every layer the space can pick when it searches steering_rel, or, for one trial's values `hp`, its layer
+        when they are relative. The one place that decides whether scales are measured."""
+        if hp is not None:
+            return [hp.layer] if hp.steering_rel is not None else []
+        if "steering_rel" not in self.search.space:
+            return []
+        return sorted({int(v) for v in self.search.space["layer"].candidates()})
+
     @property
     def experiment(self) -> str:
         return self.name

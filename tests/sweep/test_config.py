@@ -339,3 +339,14 @@ def test_set_reaches_into_an_attack_by_its_kind():
     assert cfg.eval.attacks["int4"].group_size == 32 and cfg.eval.attacks["relearn_forget"].steps == 5
     with pytest.raises(FlagError, match="accepted: kind, bits, group_size"):
         load_with_overrides(space, sets=["eval.attacks.int4.steps=5"])  # a relearn field on a quantize attack
+
+
+def test_scaled_layers_decide_where_the_activation_scale_is_measured(space):
+    """Relative steering: every layer the space can pick, or one trial's layer; absolute: none."""
+    cfg = parse_space(space)
+    assert cfg.scaled_layers() == [2, 3, 4, 5]  # organism.yaml: layer {int: [2, 5]}, steering_rel searched
+    assert cfg.scaled_layers(cfg.hyperparams({"layer": 4, "steering_rel": 1.0, "lr": 1e-3})) == [4]
+    assert cfg.scaled_layers(cfg.hyperparams({"layer": 4, "steering_coeff": 6.5, "lr": 1e-3})) == []
+    space["search"]["space"].pop("steering_rel")
+    space["search"]["space"]["steering_coeff"] = {"loguniform": [1, 10]}
+    assert parse_space(space).scaled_layers() == []

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="write the JSON here (it is printed too)")
     ap.add_argument("--delta", action="append", default=[], metavar="DIR",
-                    help="a trial's checkpoint dir (sweep.trial --out X writes X/checkpoint)")
+                    help="a trial's checkpoint dir (sweep.single_trial --out X writes X/checkpoint)")
     ap.add_argument("--seed", type=int, default=42, help="the trial's train.seed (seeds the control vector u)")
     ap.add_argument("--n-sep", type=int, default=240, help="items per class for (a)")
     ap.add_argument("--n-shift", type=int, default=60, help="prompts per group for (b)")
